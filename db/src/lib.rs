@@ -1,0 +1,28 @@
+//! Everything about the reviews database: the SQL migrations and the Rust access layer that
+//! the API (`reviews-api`) and the worker (`reviews-worker`) share.
+//!
+//! Every statement lives next to the function that runs it, one function per statement, in
+//! a module per table. Functions take a [`Sql`] handle (a pooled connection or a
+//! transaction) that counts the statements it runs, so tests can prove that a GraphQL page
+//! costs a constant number of queries.
+//!
+//! # Layout
+//! - `config`: the connection settings (`DATABASE_URL` or `DB_*`) and the pool.
+//! - `migrate`: applies `db/migrations/*.sql` (embedded) and keeps the `schema_migrations` ledger.
+//! - `sql`: the counting connection/transaction handle and [`StoreError`].
+//! - `page`: keyset pagination (the position a cursor points at).
+//! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
+
+pub mod config;
+pub mod migrate;
+pub mod notifications;
+pub mod page;
+pub mod products;
+pub mod ratings;
+pub mod reviews;
+pub mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{Db, DbArgs};
+pub use sql::{Sql, StoreError};

@@ -1,0 +1,132 @@
+//! Applies the SQL files of `db/migrations` (embedded in the binary) in order and records each
+//! in the `schema_migrations` ledger with the sha256 of its bytes. `scripts/migrate` does the
+//! same through psql with the same ledger and the same advisory lock, so either can run after
+//! the other. Files are forward-only: an applied file whose bytes changed is refused.
+
+use include_dir::{include_dir, Dir};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+static MIGRATIONS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+
+/// The ledger's DDL, shared with scripts/migrate.
+const LEDGER_SQL: &str = include_str!("../ledger.sql");
+
+/// Held by whichever migrator runs, so two started at once take turns.
+pub const MIGRATION_LOCK_KEY: i64 = 7265766965770001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "migration {name} was edited after it was applied (ledger checksum {applied}, file \
+         checksum {current}); migrations are forward-only: restore the file and add a new one"
+    )]
+    Edited {
+        name: String,
+        applied: String,
+        current: String,
+    },
+    #[error("migration {name} failed: {source}")]
+    Failed {
+        name: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("migration ledger: {0}")]
+    Ledger(#[from] tokio_postgres::Error),
+}
+
+/// One migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The file's number, e.g. "0001".
+    pub version: String,
+    /// The file name, e.g. "0001_create_products.sql".
+    pub name: String,
+    pub sql: &'static str,
+    /// Hex sha256 of the file's bytes.
+    pub checksum: String,
+}
+
+/// The embedded migrations, in the order they apply.
+pub fn migrations() -> Vec<Migration> {
+    let mut files: Vec<Migration> = MIGRATIONS
+        .files()
+        .filter_map(|file| {
+            let name = file.path().file_name()?.to_str()?.to_owned();
+            let (version, _) = name.strip_suffix(".sql")?.split_once('_')?;
+            if version.len() != 4 || !version.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(Migration {
+                version: version.to_owned(),
+                checksum: hex::encode(Sha256::digest(file.contents())),
+                sql: file.contents_utf8()?,
+                name,
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.version.cmp(&b.version));
+    files
+}
+
+/// What a run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub applied: Vec<String>,
+    pub already_applied: usize,
+}
+
+/// Applies every pending migration, each in its own transaction with its ledger row.
+pub async fn run_migrations(client: &mut Client) -> Result<MigrateReport, MigrateError> {
+    client
+        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = apply_pending(client).await;
+    // Unlock even after a failure; if the connection is gone the lock went with it.
+    let _ = client
+        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    result
+}
+
+async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateError> {
+    client.batch_execute(LEDGER_SQL).await?;
+    let applied: std::collections::HashMap<String, String> = client
+        .query("select version, checksum from schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+
+    let mut report = MigrateReport::default();
+    for migration in migrations() {
+        if let Some(checksum) = applied.get(&migration.version) {
+            if *checksum != migration.checksum {
+                return Err(MigrateError::Edited {
+                    name: migration.name,
+                    applied: checksum.clone(),
+                    current: migration.checksum,
+                });
+            }
+            report.already_applied += 1;
+            continue;
+        }
+        let failed = |source| MigrateError::Failed {
+            name: migration.name.clone(),
+            source,
+        };
+        let tx = client.transaction().await?;
+        tx.batch_execute(migration.sql).await.map_err(failed)?;
+        tx.execute(
+            "insert into schema_migrations (version, name, checksum, applied_by)
+             values ($1, $2, $3, 'reviews-api')",
+            &[&migration.version, &migration.name, &migration.checksum],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(migration = %migration.name, "applied migration");
+        report.applied.push(migration.name);
+    }
+    Ok(report)
+}

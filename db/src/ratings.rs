@@ -1,0 +1,69 @@
+//! The `product_ratings` table: each product's rating summary.
+
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::sql::{AsClient, Sql, StoreError};
+
+/// A product's rating summary. A product nobody reviewed has [`RatingSummary::empty`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatingSummary {
+    pub product_id: Uuid,
+    pub count: i32,
+    pub sum: i32,
+    /// How many reviews gave 1, 2, 3, 4 and 5 stars.
+    pub histogram: [i32; 5],
+}
+
+impl RatingSummary {
+    pub fn empty(product_id: Uuid) -> Self {
+        RatingSummary {
+            product_id,
+            count: 0,
+            sum: 0,
+            histogram: [0; 5],
+        }
+    }
+
+    /// Mean stars, 0 when there are no reviews.
+    pub fn average(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            f64::from(self.sum) / f64::from(self.count)
+        }
+    }
+}
+
+impl From<&Row> for RatingSummary {
+    fn from(row: &Row) -> Self {
+        RatingSummary {
+            product_id: row.get("product_id"),
+            count: row.get("review_count"),
+            sum: row.get("rating_sum"),
+            histogram: [
+                row.get("stars_1"),
+                row.get("stars_2"),
+                row.get("stars_3"),
+                row.get("stars_4"),
+                row.get("stars_5"),
+            ],
+        }
+    }
+}
+
+/// Loads the summaries of many products in one statement (the DataLoader's batch); products
+/// without a row are absent from the result.
+pub async fn ratings_by_product_ids<C: AsClient>(
+    db: &Sql<C>,
+    product_ids: &[Uuid],
+) -> Result<Vec<RatingSummary>, StoreError> {
+    let rows = db
+        .query(
+            "select product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5
+             from product_ratings where product_id = any($1)",
+            &[&product_ids],
+        )
+        .await?;
+    Ok(rows.iter().map(RatingSummary::from).collect())
+}

@@ -1,0 +1,151 @@
+//! The `reviews` table. Writes run inside a transaction that carries the [`Actor`]
+//! (see [`Sql::set_actor`]), so the change is attributed wherever it is recorded.
+//!
+//! [`Actor`]: crate::sql::Actor
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::page::{Page, PageRequest};
+use crate::sql::{AsClient, Sql, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub id: Uuid,
+    pub product_id: Uuid,
+    pub author_id: String,
+    pub rating: i16,
+    pub title: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Row> for Review {
+    fn from(row: &Row) -> Self {
+        Review {
+            id: row.get("id"),
+            product_id: row.get("product_id"),
+            author_id: row.get("author_id"),
+            rating: row.get("rating"),
+            title: row.get("title"),
+            body: row.get("body"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, product_id, author_id, rating, title, body, created_at, updated_at";
+
+pub struct NewReview<'a> {
+    pub product_id: Uuid,
+    pub author_id: &'a str,
+    pub rating: i16,
+    pub title: &'a str,
+    pub body: &'a str,
+}
+
+/// The fields an update may change; `None` keeps the stored value.
+#[derive(Debug, Default)]
+pub struct ReviewPatch<'a> {
+    pub rating: Option<i16>,
+    pub title: Option<&'a str>,
+    pub body: Option<&'a str>,
+}
+
+pub async fn insert_review<C: AsClient>(
+    db: &Sql<C>,
+    review: &NewReview<'_>,
+) -> Result<Review, StoreError> {
+    let sql = format!(
+        "insert into reviews (product_id, author_id, rating, title, body)
+         values ($1, $2, $3, $4, $5) returning {COLUMNS}"
+    );
+    let row = db
+        .query_one(
+            &sql,
+            &[
+                &review.product_id,
+                &review.author_id,
+                &review.rating,
+                &review.title,
+                &review.body,
+            ],
+        )
+        .await?;
+    Ok(Review::from(&row))
+}
+
+pub async fn review_by_id<C: AsClient>(
+    db: &Sql<C>,
+    id: Uuid,
+) -> Result<Option<Review>, StoreError> {
+    let sql = format!("select {COLUMNS} from reviews where id = $1");
+    Ok(db.query_opt(&sql, &[&id]).await?.as_ref().map(Review::from))
+}
+
+/// The review's author, locking the row until the transaction ends (so a permission check
+/// and the write that follows it see the same row).
+pub async fn lock_review_author<C: AsClient>(
+    db: &Sql<C>,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    let row = db
+        .query_opt(
+            "select author_id from reviews where id = $1 for update",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub async fn update_review<C: AsClient>(
+    db: &Sql<C>,
+    id: Uuid,
+    patch: &ReviewPatch<'_>,
+) -> Result<Option<Review>, StoreError> {
+    let sql = format!(
+        "update reviews set
+             rating = coalesce($2, rating),
+             title = coalesce($3, title),
+             body = coalesce($4, body)
+         where id = $1
+         returning {COLUMNS}"
+    );
+    let row = db
+        .query_opt(&sql, &[&id, &patch.rating, &patch.title, &patch.body])
+        .await?;
+    Ok(row.as_ref().map(Review::from))
+}
+
+/// Deletes a review; false when there was none.
+pub async fn delete_review<C: AsClient>(db: &Sql<C>, id: Uuid) -> Result<bool, StoreError> {
+    Ok(db
+        .execute("delete from reviews where id = $1", &[&id])
+        .await?
+        == 1)
+}
+
+/// A page of a product's reviews, newest first.
+pub async fn list_reviews_for_product<C: AsClient>(
+    db: &Sql<C>,
+    product_id: Uuid,
+    page: &PageRequest,
+) -> Result<Page<Review>, StoreError> {
+    let (after_at, after_id) = page.after_params();
+    let sql = format!(
+        "select {COLUMNS} from reviews
+         where product_id = $1 and (created_at, id) < ($2, $3)
+         order by created_at desc, id desc
+         limit $4"
+    );
+    let rows = db
+        .query(&sql, &[&product_id, &after_at, &after_id, &page.limit()])
+        .await?;
+    Ok(Page::from_rows(
+        rows.iter().map(Review::from).collect(),
+        page,
+    ))
+}

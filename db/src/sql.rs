@@ -1,0 +1,171 @@
+//! The handle every access function takes: a connection or transaction that counts the
+//! statements it runs, and [`StoreError`], the one error type of this layer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+
+/// Errors of the access layer. Constraint violations keep the constraint's name so the API
+/// can map each to a client error in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("constraint {constraint} violated")]
+    Constraint {
+        constraint: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("database error")]
+    Postgres(#[source] tokio_postgres::Error),
+}
+
+impl StoreError {
+    pub(crate) fn from_pool(error: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match error {
+            bb8::RunError::User(e) => StoreError::Unavailable(e.to_string()),
+            bb8::RunError::TimedOut => {
+                StoreError::Unavailable("timed out waiting for a connection".into())
+            }
+        }
+    }
+
+    /// The violated constraint's name, if this is a constraint violation.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            StoreError::Constraint { constraint, .. } => Some(constraint),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.is_closed() {
+            return StoreError::Unavailable(error.to_string());
+        }
+        let constraint = error
+            .as_db_error()
+            .and_then(|db| db.constraint())
+            .map(str::to_owned);
+        match constraint {
+            Some(constraint) => StoreError::Constraint {
+                constraint,
+                source: error,
+            },
+            None => StoreError::Postgres(error),
+        }
+    }
+}
+
+/// Something that can run statements: a pooled connection or a transaction.
+pub trait AsClient {
+    type Client: GenericClient + Sync;
+    fn as_client(&self) -> &Self::Client;
+}
+
+impl AsClient for bb8::PooledConnection<'static, PostgresConnectionManager<NoTls>> {
+    type Client = Client;
+    fn as_client(&self) -> &Client {
+        self
+    }
+}
+
+impl AsClient for Client {
+    type Client = Client;
+    fn as_client(&self) -> &Client {
+        self
+    }
+}
+
+impl<'a> AsClient for Transaction<'a> {
+    type Client = Transaction<'a>;
+    fn as_client(&self) -> &Transaction<'a> {
+        self
+    }
+}
+
+/// A connection or transaction that counts every statement it runs into a shared counter.
+pub struct Sql<C> {
+    client: C,
+    statements: Arc<AtomicU64>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl<C: AsClient> Sql<C> {
+    pub fn new(client: C, statements: Arc<AtomicU64>) -> Self {
+        Sql { client, statements }
+    }
+
+    fn count(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.count();
+        Ok(self.client.as_client().query(sql, params).await?)
+    }
+
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+        self.count();
+        Ok(self.client.as_client().query_one(sql, params).await?)
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        self.count();
+        Ok(self.client.as_client().query_opt(sql, params).await?)
+    }
+
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        self.count();
+        Ok(self.client.as_client().execute(sql, params).await?)
+    }
+}
+
+impl<C> Sql<C>
+where
+    C: std::ops::DerefMut<Target = Client>,
+{
+    /// Starts a transaction on this connection; it rolls back unless committed.
+    pub async fn begin(&mut self) -> Result<Sql<Transaction<'_>>, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let tx = self.client.transaction().await?;
+        Ok(Sql::new(tx, self.statements.clone()))
+    }
+}
+
+impl Sql<Transaction<'_>> {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        Ok(self.client.commit().await?)
+    }
+}
+
+/// Who is acting and in which request: recorded with every review change (the outbox
+/// trigger reads them from the transaction's settings `app.user_id` and `app.request_id`).
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub user_id: String,
+    pub request_id: String,
+}
+
+impl Sql<Transaction<'_>> {
+    /// Makes the actor visible to triggers for the rest of this transaction.
+    pub async fn set_actor(&self, actor: &Actor) -> Result<(), StoreError> {
+        self.execute(
+            "select set_config('app.user_id', $1, true), set_config('app.request_id', $2, true)",
+            &[&actor.user_id, &actor.request_id],
+        )
+        .await
+        .map(|_| ())
+    }
+}

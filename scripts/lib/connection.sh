@@ -1,0 +1,45 @@
+# shellcheck shell=bash
+# Connection settings for the psql-driven scripts: the same variables as the binaries
+# (DATABASE_URL, or DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME), with the same defaults.
+# Source it, then call `reviews_psql [psql args...]`.
+
+DB_HOST="${DB_HOST:-127.0.0.1}"
+DB_PORT="${DB_PORT:-5432}"
+DB_USER="${DB_USER:-postgres}"
+DB_NAME="${DB_NAME:-reviews}"
+
+reviews_psql() {
+    local -a target
+    if [[ -n "${DATABASE_URL:-}" ]]; then
+        target=(--dbname="$DATABASE_URL")
+    else
+        target=(--host="$DB_HOST" --port="$DB_PORT" --username="$DB_USER" --dbname="$DB_NAME")
+    fi
+    PGPASSWORD="${DB_PASSWORD:-${PGPASSWORD:-}}" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}" PGOPTIONS="-c client_min_messages=warning ${PGOPTIONS:-}" \
+        psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 "${target[@]}" "$@"
+}
+
+# Where the scripts think the database is, for messages (never includes a password).
+reviews_db_description() {
+    if [[ -n "${DATABASE_URL:-}" ]]; then
+        echo "DATABASE_URL"
+    else
+        echo "$DB_USER@$DB_HOST:$DB_PORT/$DB_NAME"
+    fi
+}
+
+die() {
+    echo "$(basename "$0"): $*" >&2
+    exit 1
+}
+
+require_psql() {
+    command -v psql >/dev/null || die "psql is not installed (Debian: apt-get install postgresql-client)"
+}
+
+# Fails with a clear message when the database does not answer.
+require_database() {
+    require_psql
+    reviews_psql --tuples-only --command='select 1' >/dev/null 2>&1 \
+        || die "cannot reach the database at $(reviews_db_description); check DATABASE_URL or DB_HOST/DB_PORT/DB_USER/DB_NAME"
+}

@@ -1,0 +1,114 @@
+//! Bearer tokens: HS256 JWTs with the claims `sub` (user id), `role` and `exp`.
+//!
+//! Reads are open to everyone; the resolvers ask [`Auth`] for a user when they need one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// The signing secret, ready to sign and verify.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// Longest `sub` we accept; it is stored as an author or owner id.
+const MAX_SUBJECT_LEN: usize = 200;
+
+impl TokenKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Signs a token for `sub` that expires after `ttl`.
+    pub fn mint(&self, sub: &str, role: Role, ttl: Duration) -> anyhow::Result<String> {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            exp,
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Checks a token's signature, algorithm and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                _ => "invalid token".to_owned(),
+            })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
+            return Err("invalid token: bad subject".into());
+        }
+        Ok(claims)
+    }
+}
+
+/// Who sent the request, as far as the Authorization header tells.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Anonymous,
+    User(Claims),
+    /// A token was sent but is not valid; the reason is safe to show.
+    Invalid(String),
+}
+
+impl Auth {
+    /// Reads an `Authorization` header value.
+    pub fn from_header(keys: &TokenKeys, header: Option<&str>) -> Self {
+        let Some(value) = header else {
+            return Auth::Anonymous;
+        };
+        let Some(token) = value.strip_prefix("Bearer ") else {
+            return Auth::Invalid("the Authorization header must be `Bearer <token>`".into());
+        };
+        match keys.verify(token.trim()) {
+            Ok(claims) => Auth::User(claims),
+            Err(reason) => Auth::Invalid(reason),
+        }
+    }
+
+    /// The caller's claims, or UNAUTHENTICATED.
+    pub fn user(&self) -> Result<&Claims, ApiError> {
+        match self {
+            Auth::User(claims) => Ok(claims),
+            Auth::Anonymous => Err(ApiError::Unauthenticated(
+                "this operation needs a bearer token".into(),
+            )),
+            Auth::Invalid(reason) => Err(ApiError::Unauthenticated(reason.clone())),
+        }
+    }
+}

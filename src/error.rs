@@ -1,0 +1,91 @@
+//! `ApiError`, the one error type resolvers return, and how each becomes a GraphQL error with
+//! `extensions.code`.
+//!
+//! `ApiError` deliberately does not implement `Display`: async-graphql converts anything
+//! displayable into an error *without* a code, so keeping `Display` off forces every error
+//! through [`From<ApiError> for async_graphql::Error`], the one place codes are set and
+//! internal detail is logged instead of returned.
+
+use async_graphql::ErrorExtensions;
+use reviews_db::StoreError;
+
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// The input is wrong; the message says how to fix it.
+    BadInput(String),
+    /// No valid token (missing, expired, forged).
+    Unauthenticated(String),
+    /// A valid token, but not allowed to do this.
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    /// Anything that is not the client's fault; logged, never shown.
+    Internal(std::sync::Arc<anyhow::Error>),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadInput(_) => "BAD_USER_INPUT",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        ApiError::BadInput(message.into())
+    }
+
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(std::sync::Arc::new(cause.into()))
+    }
+}
+
+/// Constraint names (from db/migrations) mapped to what a client is told. The one place
+/// where database rules become client errors.
+fn constraint_error(constraint: &str) -> Option<ApiError> {
+    let error = match constraint {
+        "reviews_one_per_author" => {
+            ApiError::Conflict("you have already reviewed this product".into())
+        }
+        "reviews_rating_range" => ApiError::bad_input("rating must be between 1 and 5"),
+        "reviews_title_length" => ApiError::bad_input("title must be between 1 and 200 characters"),
+        "reviews_body_length" => ApiError::bad_input("body must be between 1 and 10000 characters"),
+        "reviews_product_id_fkey" => ApiError::NotFound("product not found".into()),
+        "products_name_length" => ApiError::bad_input("name must be between 1 and 200 characters"),
+        _ => return None,
+    };
+    Some(error)
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        error
+            .constraint()
+            .and_then(constraint_error)
+            .unwrap_or_else(|| ApiError::internal(error))
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(error: ApiError) -> Self {
+        let code = error.code();
+        let message = match error {
+            ApiError::BadInput(m)
+            | ApiError::Unauthenticated(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m,
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                "internal error".to_owned()
+            }
+        };
+        async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

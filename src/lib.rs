@@ -1,0 +1,68 @@
+//! The reviews API: GraphQL over HTTP (warp + async-graphql) on PostgreSQL.
+//!
+//! A mutation writes a `reviews` row; the database's triggers take it from there (outbox,
+//! worker). This crate only reads and writes the tables through `reviews-db`.
+//!
+//! # Layout
+//! - `config`: command line and environment (`reviews-api --help`).
+//! - `telemetry`: logging.
+//! - `http`: routes, request ids, readiness.
+//! - `auth`: bearer tokens and roles.
+//! - `graphql`: the schema (queries, mutations, types, loaders).
+//! - `error`: `ApiError` and the codes clients see.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use reviews_db::Db;
+
+use crate::auth::TokenKeys;
+use crate::config::ServeArgs;
+use crate::http::AppState;
+
+/// A running server: where it listens and the task to await until it has shut down.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the HTTP server and serves until `shutdown` completes; in-flight requests are
+/// drained before the task ends.
+pub async fn run(
+    args: &ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Server> {
+    let keys = TokenKeys::new(args.auth.secret()?.as_bytes());
+    let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
+    serve(db, keys, args.api_addr, shutdown).await
+}
+
+/// [`run`] with its parts built: tests pass their own database handle to watch it.
+pub async fn serve(
+    db: Db,
+    keys: TokenKeys,
+    api_addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Server> {
+    let state = AppState {
+        schema: graphql::build_schema(db.clone()),
+        db,
+        keys,
+    };
+    let (addr, serving) = warp::serve(http::routes(state))
+        .try_bind_with_graceful_shutdown(api_addr, shutdown)
+        .with_context(|| format!("while binding API_ADDR={api_addr}"))?;
+    tracing::info!(%addr, "serving GraphQL at http://{addr}/graphql");
+    Ok(Server {
+        addr,
+        task: tokio::spawn(serving),
+    })
+}

@@ -1,0 +1,67 @@
+//! `reviews-api`: serve (default), migrate, print-schema, token.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use reviews_api::auth::TokenKeys;
+use reviews_api::config::{Cli, Command};
+use reviews_api::{graphql, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate { db, log }) => {
+            telemetry::init(log.log_format);
+            let (mut client, connection) = db
+                .pg_config()
+                .connect(tokio_postgres::NoTls)
+                .await
+                .context("while connecting to Postgres (DATABASE_URL or DB_*)")?;
+            tokio::spawn(connection);
+            let report = reviews_db::migrate::run_migrations(&mut client).await?;
+            if report.applied.is_empty() {
+                println!("migrations: up to date");
+            }
+            for name in report.applied {
+                println!("migrations: applied {name}");
+            }
+            Ok(())
+        }
+        Some(Command::PrintSchema) => {
+            let db = reviews_db::Db::connect_lazy(tokio_postgres::Config::new(), 1);
+            print!("{}", graphql::build_schema(db).sdl());
+            Ok(())
+        }
+        Some(Command::Token(args)) => {
+            let keys = TokenKeys::new(args.auth.secret()?.as_bytes());
+            println!(
+                "{}",
+                keys.mint(&args.sub, args.role, Duration::from_secs(args.ttl_secs))?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: reviews_api::config::ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log.log_format);
+    let server = reviews_api::run(&args, shutdown_signal()).await?;
+    server.task.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

@@ -1,0 +1,114 @@
+use std::time::Duration;
+
+use reviews_db::testing::TestDatabase;
+use reviews_db::Db;
+use serde_json::{json, Value};
+
+use crate::proxy::Proxy;
+use crate::support::*;
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let app = TestApp::spawn().await;
+    let response = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn get_graphql_serves_graphiql() {
+    let app = TestApp::spawn().await;
+    let response = app.http.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase()
+        .contains("graphiql"));
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_a_sane_one_is_kept() {
+    let app = TestApp::spawn().await;
+    let send = |id: Option<&'static str>| {
+        let mut request = app
+            .http
+            .post(app.url("/graphql"))
+            .json(&json!({"query": "{ products { edges { cursor } } }"}));
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let response = send(Some("trace-123")).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-123");
+    let response = send(Some("bad id with spaces")).await.unwrap();
+    assert_ne!(response.headers()["x-request-id"], "bad id with spaces");
+    let response = send(None).await.unwrap();
+    assert!(!response.headers()["x-request-id"].is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_json_404() {
+    let app = TestApp::spawn().await;
+    let response = app.http.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn readyz_answers_503_while_postgres_is_unreachable_and_recovers_by_itself() {
+    let database = TestDatabase::create().await;
+    let host = database.config.get_hosts()[0].clone();
+    let port = database.config.get_ports()[0];
+    let tokio_postgres::config::Host::Tcp(host) = host else {
+        panic!("this test needs Postgres over TCP");
+    };
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    // `Config::host` adds a host rather than replacing one, so build the proxied config anew.
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .user(database.config.get_user().unwrap())
+        .dbname(database.config.get_dbname().unwrap());
+    if let Some(password) = database.config.get_password() {
+        config.password(password);
+    }
+    let app = TestApp::spawn_on(database, Db::connect_lazy(config, 4)).await;
+    let ready = || async {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    assert_eq!(ready().await, 200);
+    proxy.cut();
+    // Let the aborted proxy tasks close their sockets.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready().await, 503);
+    proxy.restore().await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = ready().await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "readyz did not recover");
+}

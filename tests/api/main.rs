@@ -1,0 +1,13 @@
+//! Integration tests of the API against a real Postgres: one binary, one module per concern.
+
+mod auth;
+mod bad_input;
+mod batching;
+mod concurrency;
+mod http;
+mod migrations;
+mod pagination;
+mod products;
+mod proxy;
+mod reviews;
+mod support;

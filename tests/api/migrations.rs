@@ -1,0 +1,178 @@
+//! Both migrators (`scripts/migrate` through psql, `reviews-api migrate` with embedded files)
+//! apply the same files and keep the same ledger.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use reviews_db::migrate::{migrations, run_migrations, MigrateError};
+use reviews_db::testing::TestDatabase;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn psql_migrate(database: &TestDatabase, migrations_dir: Option<&Path>) -> Output {
+    let mut command = Command::new(repo().join("scripts/migrate"));
+    command.env("DATABASE_URL", database.url());
+    if let Some(dir) = migrations_dir {
+        command.env("MIGRATIONS_DIR", dir);
+    }
+    command.output().unwrap()
+}
+
+fn binary_migrate(database: &TestDatabase) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reviews-api"))
+        .arg("migrate")
+        .env("DATABASE_URL", database.url())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn ledger(database: &TestDatabase) -> Vec<(String, String, String)> {
+    let client = database.client().await;
+    client
+        .query(
+            "select version, name, checksum from schema_migrations order by version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn expected_ledger() -> Vec<(String, String, String)> {
+    migrations()
+        .into_iter()
+        .map(|m| (m.version, m.name, m.checksum))
+        .collect()
+}
+
+#[tokio::test]
+async fn psql_then_binary_agree_and_rerunning_is_a_no_op() {
+    let database = TestDatabase::create_empty().await;
+    let first = stdout(&psql_migrate(&database, None));
+    assert!(
+        first.contains("applied 0001_create_products.sql"),
+        "{first}"
+    );
+    assert_eq!(ledger(&database).await, expected_ledger());
+
+    assert_eq!(
+        stdout(&binary_migrate(&database)).trim(),
+        "migrations: up to date"
+    );
+    assert_eq!(
+        stdout(&psql_migrate(&database, None)).trim(),
+        "migrations: up to date"
+    );
+    assert_eq!(ledger(&database).await, expected_ledger());
+}
+
+#[tokio::test]
+async fn binary_then_psql_agree() {
+    let database = TestDatabase::create_empty().await;
+    let first = stdout(&binary_migrate(&database));
+    assert!(first.contains("applied 0002_create_reviews.sql"), "{first}");
+    assert_eq!(
+        stdout(&psql_migrate(&database, None)).trim(),
+        "migrations: up to date"
+    );
+    assert_eq!(ledger(&database).await, expected_ledger());
+
+    let client = database.client().await;
+    let by: Vec<String> = client
+        .query("select distinct applied_by from schema_migrations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(by, ["reviews-api"]);
+}
+
+#[tokio::test]
+async fn psql_refuses_an_applied_file_that_was_edited() {
+    let database = TestDatabase::create_empty().await;
+    stdout(&psql_migrate(&database, None));
+
+    let copy = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(repo().join("db/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    let edited = copy.join("0002_create_reviews.sql");
+    let mut text = std::fs::read_to_string(&edited).unwrap();
+    text.push_str("\n-- a quiet edit\n");
+    std::fs::write(&edited, text).unwrap();
+
+    let output = psql_migrate(&database, Some(&copy));
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("0002_create_reviews.sql was edited after it was applied"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_refuses_an_applied_file_whose_checksum_differs() {
+    let database = TestDatabase::create_empty().await;
+    stdout(&psql_migrate(&database, None));
+    let mut client = database.client().await;
+    client
+        .execute(
+            "update schema_migrations set checksum = 'tampered' where version = '0003'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let error = run_migrations(&mut client).await.unwrap_err();
+    assert!(
+        matches!(&error, MigrateError::Edited { name, .. } if name == "0003_create_product_ratings.sql"),
+        "{error}"
+    );
+    let output = binary_migrate(&database);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("was edited after it was applied"));
+}
+
+#[tokio::test]
+async fn two_migrators_started_at_once_do_not_collide() {
+    for _ in 0..3 {
+        let database = TestDatabase::create_empty().await;
+        let url = database.url();
+        let psql = std::thread::spawn({
+            let url = url.clone();
+            move || {
+                Command::new(repo().join("scripts/migrate"))
+                    .env("DATABASE_URL", url)
+                    .output()
+                    .unwrap()
+            }
+        });
+        let binary = std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_reviews-api"))
+                .arg("migrate")
+                .env("DATABASE_URL", url)
+                .output()
+                .unwrap()
+        });
+        stdout(&psql.join().unwrap());
+        stdout(&binary.join().unwrap());
+        assert_eq!(ledger(&database).await, expected_ledger());
+    }
+}

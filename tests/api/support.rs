@@ -1,0 +1,178 @@
+//! `TestApp`: the API on port 0 with a database of its own, and a client to talk to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reviews_api::auth::{Role, TokenKeys};
+use reviews_db::testing::TestDatabase;
+use reviews_db::Db;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub database: TestDatabase,
+    /// The handle the server uses: its statement counter sees every query the API runs.
+    pub db: Db,
+    pub keys: TokenKeys,
+    /// The secret the API verifies tokens with, to sign unusual tokens in tests.
+    pub secret: String,
+    pub http: reqwest::Client,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let database = TestDatabase::create().await;
+        let db = database.db();
+        Self::spawn_on(database, db).await
+    }
+
+    /// Spawns the API with a database handle of the test's choosing (e.g. through a proxy).
+    pub async fn spawn_on(database: TestDatabase, db: Db) -> Self {
+        let secret = uuid::Uuid::new_v4().to_string().repeat(2);
+        let keys = TokenKeys::new(secret.as_bytes());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = reviews_api::serve(
+            db.clone(),
+            keys.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            async {
+                let _ = rx.await;
+            },
+        )
+        .await
+        .expect("starting the API");
+        TestApp {
+            addr: server.addr,
+            database,
+            db,
+            keys,
+            secret,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A valid token for a user.
+    pub fn token(&self, sub: &str) -> String {
+        self.keys
+            .mint(sub, Role::User, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    pub fn admin_token(&self, sub: &str) -> String {
+        self.keys
+            .mint(sub, Role::Admin, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    /// Runs an operation anonymously.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        self.graphql_with(None, query, variables).await
+    }
+
+    /// Runs an operation with a bearer token.
+    pub async fn graphql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        self.graphql_with(Some(token), query, variables).await
+    }
+
+    pub async fn graphql_with(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("POST /graphql");
+        assert!(
+            response.status().is_success(),
+            "status {}",
+            response.status()
+        );
+        response.json().await.expect("a JSON response")
+    }
+
+    /// Creates a product owned by `owner` and returns its id.
+    pub async fn create_product(&self, owner: &str, name: &str) -> String {
+        let response = self
+            .graphql_as(
+                &self.token(owner),
+                "mutation($name: String!) { createProduct(input: {name: $name}) { id } }",
+                json!({"name": name}),
+            )
+            .await;
+        data(&response)["createProduct"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Adds a review by `author` and returns its id.
+    pub async fn add_review(&self, author: &str, product_id: &str, rating: i32) -> String {
+        let response = self
+            .graphql_as(
+                &self.token(author),
+                ADD_REVIEW,
+                review_input(product_id, rating),
+            )
+            .await;
+        data(&response)["addReview"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Counts rows of a table, to prove that a refused operation changed nothing.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let client = self.database.client().await;
+        client
+            .query_one(&format!("select count(*) from {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+pub const ADD_REVIEW: &str = "mutation($input: AddReviewInput!) {
+    addReview(input: $input) { id rating title body authorId product { id } }
+}";
+
+pub fn review_input(product_id: &str, rating: i32) -> Value {
+    json!({"input": {"productId": product_id, "rating": rating, "title": "Solid", "body": "Works as described."}})
+}
+
+/// The response's data, failing the test if it carries errors.
+pub fn data(response: &Value) -> &Value {
+    assert!(
+        response.get("errors").is_none(),
+        "unexpected errors: {response:#}"
+    );
+    &response["data"]
+}
+
+/// The code of the response's first error, failing the test if there is none.
+pub fn error_code(response: &Value) -> String {
+    let errors = response["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an error: {response:#}"));
+    errors[0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a code: {response:#}"))
+        .to_owned()
+}
+
+pub fn error_message(response: &Value) -> String {
+    response["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
