@@ -14,11 +14,14 @@
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
 
 pub mod config;
+pub mod jobs;
 pub mod migrate;
 pub mod notifications;
+pub mod outbox;
 pub mod page;
 pub mod products;
 pub mod ratings;
+pub mod retry_policies;
 pub mod reviews;
 pub mod sql;
 #[cfg(feature = "testing")]

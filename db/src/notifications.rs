@@ -58,3 +58,39 @@ pub async fn list_notifications_for_recipient<C: AsClient>(
         page,
     ))
 }
+
+/// A notification to write, keyed by the event that caused it.
+pub struct NewNotification<'a> {
+    pub event_id: Uuid,
+    pub kind: &'a str,
+    pub review_id: Uuid,
+    pub product_id: Uuid,
+    /// The review's author: the owner is not told about their own reviews.
+    pub author_id: &'a str,
+}
+
+/// Tells the product's owner about a review event, once per event: a redelivered event
+/// inserts nothing. Returns whether a row was written (false for duplicates, for owners
+/// reviewing their own product, and for products that are gone).
+pub async fn notify_product_owner<C: AsClient>(
+    db: &Sql<C>,
+    n: &NewNotification<'_>,
+) -> Result<bool, StoreError> {
+    let written = db
+        .execute(
+            "insert into notifications (recipient_id, kind, review_id, product_id, event_id)
+             select p.owner_id, $2, $3, p.id, $1
+             from products p
+             where p.id = $4 and p.owner_id <> $5
+             on conflict (event_id, recipient_id, kind) do nothing",
+            &[
+                &n.event_id,
+                &n.kind,
+                &n.review_id,
+                &n.product_id,
+                &n.author_id,
+            ],
+        )
+        .await?;
+    Ok(written == 1)
+}

@@ -67,3 +67,14 @@ pub async fn ratings_by_product_ids<C: AsClient>(
         .await?;
     Ok(rows.iter().map(RatingSummary::from).collect())
 }
+
+/// Recomputes a product's summary from its reviews (see `recompute_product_rating` in
+/// db/migrations: serialised per product, a no-op for a product that is gone).
+pub async fn recompute_rating<C: AsClient>(
+    db: &Sql<C>,
+    product_id: Uuid,
+) -> Result<(), StoreError> {
+    db.execute("select recompute_product_rating($1)", &[&product_id])
+        .await?;
+    Ok(())
+}

@@ -1,1 +1,31 @@
-fn main() {}
+//! `reviews-worker [run]`: listener, relay and runner until SIGINT/SIGTERM.
+
+use clap::Parser;
+use reviews_worker::config::{Cli, Command};
+use reviews_worker::jobs::JobHandlers;
+use reviews_worker::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(args)) => args,
+        None => cli.run,
+    };
+    telemetry::init(args.log_format);
+    let worker = reviews_worker::start(&args, JobHandlers::standard(), shutdown_signal()).await?;
+    worker.task.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received; finishing running jobs");
+}

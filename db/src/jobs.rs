@@ -1,0 +1,170 @@
+//! The `jobs` table: the durable state of every job (attempts, schedule, outcome) and the
+//! `dead_jobs` letters of those that ran out of attempts.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::sql::{AsClient, Sql, StoreError};
+
+/// A job about to run: its attempt has been recorded.
+#[derive(Debug, Clone)]
+pub struct StartedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The most attempts of a job's kind: its `retry_policies` row, else `$2` (the fallback).
+const MAX_ATTEMPTS: &str =
+    "coalesce((select max_attempts from retry_policies p where p.kind = jobs.kind), $2)";
+
+/// Records the next attempt of a pending, due job that has attempts left, and returns it.
+/// `None` when the job is not startable; [`job_state`] says why. `fallback_max_attempts`
+/// applies to kinds without a retry policy.
+pub async fn start_job<C: AsClient>(
+    db: &Sql<C>,
+    id: i64,
+    fallback_max_attempts: i32,
+) -> Result<Option<StartedJob>, StoreError> {
+    let sql = format!(
+        "update jobs set attempts = attempts + 1, last_started_at = now()
+         where id = $1 and status = 'pending' and run_at <= now() and attempts < {MAX_ATTEMPTS}
+         returning kind, payload, attempts, created_at"
+    );
+    let row = db.query_opt(&sql, &[&id, &fallback_max_attempts]).await?;
+    Ok(row.map(|row| StartedJob {
+        id,
+        kind: row.get("kind"),
+        payload: row.get("payload"),
+        attempt: row.get("attempts"),
+        created_at: row.get("created_at"),
+    }))
+}
+
+/// Why a job could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// No such job (purged), or it already finished: nothing to do.
+    Finished,
+    /// Pending but not due yet: a retry is scheduled this many ms from now.
+    Scheduled { in_ms: i64 },
+    /// Pending with no attempts left: its last attempt never reported back.
+    Exhausted { attempts: i32 },
+    /// Startable after all (a race with another start); try again later.
+    Pending,
+}
+
+pub async fn job_state<C: AsClient>(
+    db: &Sql<C>,
+    id: i64,
+    fallback_max_attempts: i32,
+) -> Result<JobState, StoreError> {
+    let sql = format!(
+        "select status, attempts, {MAX_ATTEMPTS} as max_attempts,
+                greatest(0, (extract(epoch from run_at - now()) * 1000)::bigint) as in_ms
+         from jobs where id = $1"
+    );
+    let row = db.query_opt(&sql, &[&id, &fallback_max_attempts]).await?;
+    let Some(row) = row else {
+        return Ok(JobState::Finished);
+    };
+    let status: &str = row.get("status");
+    let attempts: i32 = row.get("attempts");
+    let max_attempts: i32 = row.get("max_attempts");
+    let in_ms: i64 = row.get("in_ms");
+    Ok(match status {
+        "pending" if attempts >= max_attempts => JobState::Exhausted { attempts },
+        "pending" if in_ms > 0 => JobState::Scheduled { in_ms },
+        "pending" => JobState::Pending,
+        _ => JobState::Finished,
+    })
+}
+
+/// Marks a job done.
+pub async fn complete_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
+    db.execute(
+        "update jobs set status = 'done', finished_at = now(), last_error = null
+         where id = $1 and status = 'pending'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and when the job may run again.
+pub async fn schedule_retry<C: AsClient>(
+    db: &Sql<C>,
+    id: i64,
+    delay_ms: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "update jobs set run_at = now() + $2 * interval '1 millisecond', last_error = $3
+         where id = $1 and status = 'pending'",
+        &[&id, &(delay_ms as f64), &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends a job as a dead letter: status dead and one `dead_jobs` row, in one statement.
+pub async fn bury_job<C: AsClient>(db: &Sql<C>, id: i64, error: &str) -> Result<(), StoreError> {
+    db.execute(
+        "with buried as (
+             update jobs set status = 'dead', finished_at = now(), last_error = $2
+             where id = $1 and status = 'pending'
+             returning id, kind, payload, attempts, last_error, created_at
+         )
+         insert into dead_jobs (job_id, kind, payload, attempts, last_error, created_at)
+         select id, kind, payload, attempts, last_error, created_at from buried",
+        &[&id, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Pending jobs that have been due for longer than `grace_ms`: candidates the queue may have
+/// lost (a crash between commit and enqueue, a Redis restart). Oldest first.
+pub async fn overdue_job_ids<C: AsClient>(
+    db: &Sql<C>,
+    grace_ms: i64,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = db
+        .query(
+            "select id from jobs
+             where status = 'pending' and run_at < now() - $1 * interval '1 millisecond'
+             order by run_at
+             limit $2",
+            &[&(grace_ms as f64), &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Gives back an attempt that was recorded but never ran to an end (the worker shut down
+/// and handed the job back), so a restart does not cost the job one of its attempts.
+pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
+    db.execute(
+        "update jobs set attempts = greatest(attempts - 1, 0)
+         where id = $1 and status = 'pending'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replays a dead letter (see `replay_dead_job` in db/migrations); false when it was
+/// already replayed or does not exist.
+pub async fn replay_dead_job<C: AsClient>(
+    db: &Sql<C>,
+    dead_job_id: i64,
+) -> Result<bool, StoreError> {
+    let row = db
+        .query_one("select replay_dead_job($1)", &[&dead_job_id])
+        .await?;
+    Ok(row.get(0))
+}

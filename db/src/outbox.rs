@@ -1,0 +1,100 @@
+//! The `outbox` table and its doorbell: claiming pending events and turning them into jobs.
+
+use crate::sql::{AsClient, Sql, StoreError};
+
+/// What one relay pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayedBatch {
+    /// Outbox rows claimed and marked relayed.
+    pub events: i64,
+    /// Jobs created for them (coalesced jobs are not created twice).
+    pub job_ids: Vec<i64>,
+}
+
+/// Claims up to `limit` pending events (skipping rows other workers hold), creates the jobs
+/// they imply and marks them relayed, all in one statement (and so one transaction).
+///
+/// Every event notifies the product's owner; every product touched gets one rating
+/// recompute, merged with a pending one that has not started yet.
+pub async fn relay_pending_events<C: AsClient>(
+    db: &Sql<C>,
+    limit: i64,
+) -> Result<RelayedBatch, StoreError> {
+    let row = db
+        .query_one(
+            "with claimed as (
+                 select id, event_id, event_type, review_id, product_id, payload, actor_id, request_id
+                 from outbox
+                 where relayed_at is null
+                 order by id
+                 limit $1
+                 for update skip locked
+             ), relayed as (
+                 update outbox o set relayed_at = now()
+                 from claimed c
+                 where o.id = c.id
+                 returning o.id
+             ), inserted as (
+                 insert into jobs (kind, event_id, coalesce_key, payload)
+                 (select 'notify_owner', c.event_id, null,
+                         jsonb_build_object(
+                             'event_id', c.event_id,
+                             'event_type', c.event_type,
+                             'review_id', c.review_id,
+                             'product_id', c.product_id,
+                             'author_id', coalesce(c.payload->'new'->>'author_id',
+                                                   c.payload->'old'->>'author_id'),
+                             'actor_id', c.actor_id,
+                             'request_id', c.request_id)
+                  from claimed c)
+                 union all
+                 (select distinct on (c.product_id)
+                         'recompute_rating', c.event_id, c.product_id::text,
+                         jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
+                                            'request_id', c.request_id)
+                  from claimed c
+                  order by c.product_id, c.id desc)
+                 on conflict (kind, coalesce_key)
+                     where status = 'pending' and attempts = 0 and coalesce_key is not null
+                     do nothing
+                 returning id
+             )
+             select (select count(*) from relayed) as events,
+                    coalesce((select array_agg(id) from inserted), '{}') as job_ids",
+            &[&limit],
+        )
+        .await?;
+    Ok(RelayedBatch {
+        events: row.get("events"),
+        job_ids: row.get("job_ids"),
+    })
+}
+
+/// Arms the doorbell: the next writer will NOTIFY. Waits (exclusive advisory lock) for every
+/// writer that may have read the bell disarmed, so a claim after this sees their rows.
+pub async fn arm_doorbell(
+    db: &mut Sql<impl std::ops::DerefMut<Target = tokio_postgres::Client>>,
+) -> Result<(), StoreError> {
+    let tx = db.begin().await?;
+    tx.execute("select pg_advisory_xact_lock(7265766965770010)", &[])
+        .await?;
+    tx.execute(
+        "update outbox_doorbell set armed = true where not armed",
+        &[],
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// How many events wait to be relayed, and the age of the oldest in milliseconds.
+pub async fn pending_events<C: AsClient>(db: &Sql<C>) -> Result<(i64, i64), StoreError> {
+    let row = db
+        .query_one(
+            "select count(*),
+                    coalesce((extract(epoch from now() - min(occurred_at)) * 1000)::bigint, 0)
+             from outbox where relayed_at is null",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

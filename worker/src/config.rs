@@ -1,0 +1,202 @@
+//! Command line and environment of `reviews-worker`; `reviews-worker --help` lists every
+//! variable with its default.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use reviews_db::DbArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reviews-worker",
+    version,
+    about = "Relays the reviews outbox into Redis and runs the jobs"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: WorkerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run listener, relay and runner until SIGINT/SIGTERM (the default).
+    Run(WorkerArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub tuning: Tuning,
+    /// Log format: text or json. RUST_LOG sets the levels (default info).
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+/// Where Redis is. `REDIS_URL` wins; otherwise the `REDIS_*` parts are used.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis://[:password@]host:port[/db]); overrides the REDIS_* parts.
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Redis host, used when REDIS_URL is not set.
+    #[arg(
+        long = "redis-host",
+        env = "REDIS_HOST",
+        value_name = "REDIS_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub redis_host: String,
+    /// Redis port.
+    #[arg(
+        long = "redis-port",
+        env = "REDIS_PORT",
+        value_name = "REDIS_PORT",
+        default_value_t = 6379
+    )]
+    pub redis_port: u16,
+    /// Redis password (none by default).
+    #[arg(
+        long = "redis-password",
+        env = "REDIS_PASSWORD",
+        value_name = "REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_password: Option<String>,
+    /// Prefix of every Redis key (wrapped in a hash tag, so all keys share a cluster slot).
+    #[arg(long = "redis-prefix", env = "REDIS_PREFIX", value_name = "REDIS_PREFIX", default_value = "reviews",
+          value_parser = parse_prefix)]
+    pub redis_prefix: String,
+}
+
+fn parse_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 64 || value.contains(['{', '}', ' ']) {
+        return Err("1 to 64 characters, without braces or spaces".into());
+    }
+    Ok(value.to_owned())
+}
+
+impl RedisArgs {
+    pub fn local(prefix: &str) -> Self {
+        RedisArgs {
+            redis_url: None,
+            redis_host: "127.0.0.1".into(),
+            redis_port: 6379,
+            redis_password: None,
+            redis_prefix: prefix.into(),
+        }
+    }
+
+    /// The URL these settings describe.
+    pub fn url(&self) -> String {
+        if let Some(url) = &self.redis_url {
+            return url.clone();
+        }
+        let auth = match &self.redis_password {
+            Some(password) => format!(":{}@", percent_encode(password)),
+            None => String::new(),
+        };
+        format!("redis://{auth}{}:{}", self.redis_host, self.redis_port)
+    }
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How the worker paces itself. Durations take units: `250ms`, `5s`, `1m`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Tuning {
+    /// The slow fallback poll of the outbox: how long a missed doorbell can delay an event.
+    #[arg(long = "outbox-poll-interval", env = "OUTBOX_POLL_INTERVAL", value_name = "OUTBOX_POLL_INTERVAL",
+          default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Jobs run at once by this worker.
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY",
+          default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Outbox events claimed per relay statement.
+    #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", value_name = "RELAY_BATCH_SIZE",
+          default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub relay_batch_size: u32,
+    /// How long a job stays leased to a runner without a heartbeat before another takes it back.
+    #[arg(long = "job-lease", env = "JOB_LEASE", value_name = "JOB_LEASE", default_value = "30s",
+          value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Longest a job may run; must be shorter than JOB_LEASE.
+    #[arg(long = "job-timeout", env = "JOB_TIMEOUT", value_name = "JOB_TIMEOUT", default_value = "20s",
+          value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// How long a pending job may be overdue before the worker re-enqueues it from Postgres
+    /// (it was lost between commit and Redis, or Redis forgot it).
+    #[arg(long = "reconcile-after", env = "RECONCILE_AFTER", value_name = "RECONCILE_AFTER",
+          default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_after: Duration,
+    /// On SIGINT/SIGTERM, how long running jobs may take to finish before they are handed back.
+    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE",
+          default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            poll_interval: Duration::from_secs(5),
+            concurrency: 16,
+            relay_batch_size: 500,
+            lease: Duration::from_secs(30),
+            job_timeout: Duration::from_secs(20),
+            reconcile_after: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Tuning {
+    /// Checks the settings against each other; the message names the variables.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.job_timeout < self.lease,
+            "JOB_TIMEOUT ({:?}) must be shorter than JOB_LEASE ({:?}): a job must end before its lease can expire",
+            self.job_timeout,
+            self.lease
+        );
+        anyhow::ensure!(
+            self.poll_interval >= Duration::from_millis(10),
+            "OUTBOX_POLL_INTERVAL must be at least 10ms"
+        );
+        anyhow::ensure!(
+            self.lease >= Duration::from_millis(100),
+            "JOB_LEASE must be at least 100ms"
+        );
+        Ok(())
+    }
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 250ms, 5s, 1m)"))
+}

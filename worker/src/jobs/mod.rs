@@ -1,0 +1,90 @@
+//! The jobs that follow from review events, one file each. A handler must be idempotent:
+//! the queue delivers at least once, so running a job twice must change nothing more than
+//! running it once.
+
+pub mod notify_owner;
+pub mod recompute_rating;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use reviews_db::Db;
+use serde_json::Value;
+
+/// Why a job failed, which decides what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Might work later (the database blinked, a timeout, a panic): retry on schedule.
+    #[error("{0:#}")]
+    Retryable(anyhow::Error),
+    /// Will never work (a payload it cannot read, an unknown kind): dead letter at once.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl From<reviews_db::StoreError> for JobError {
+    fn from(error: reviews_db::StoreError) -> Self {
+        JobError::Retryable(error.into())
+    }
+}
+
+/// Reads a job's payload, or fails permanently: a payload that does not parse now never will.
+pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, JobError> {
+    serde_json::from_value(payload.clone())
+        .map_err(|e| JobError::Permanent(anyhow::anyhow!("unreadable payload: {e}")))
+}
+
+/// A job handler: takes the database and the job's payload.
+pub type Handler = Arc<dyn Fn(Db, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+
+/// Which handler runs which kind of job. Tests add kinds of their own (a job that always
+/// fails, one that panics) without touching the real ones.
+#[derive(Clone)]
+pub struct JobHandlers {
+    by_kind: HashMap<String, Handler>,
+}
+
+impl JobHandlers {
+    /// The jobs that follow from review events.
+    pub fn standard() -> Self {
+        JobHandlers {
+            by_kind: HashMap::new(),
+        }
+        .with(recompute_rating::KIND, |db, payload| {
+            Box::pin(async move { recompute_rating::run(&db, &payload).await })
+        })
+        .with(notify_owner::KIND, |db, payload| {
+            Box::pin(async move { notify_owner::run(&db, &payload).await })
+        })
+    }
+
+    /// Adds (or replaces) the handler of `kind`.
+    pub fn with<F>(mut self, kind: &str, handler: F) -> Self
+    where
+        F: Fn(Db, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync + 'static,
+    {
+        self.by_kind.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// Runs one job of `kind`; an unknown kind fails permanently.
+    pub fn run(
+        &self,
+        db: &Db,
+        kind: &str,
+        payload: Value,
+    ) -> BoxFuture<'static, Result<(), JobError>> {
+        match self.by_kind.get(kind) {
+            Some(handler) => handler(db.clone(), payload),
+            None => {
+                let kind = kind.to_owned();
+                Box::pin(async move {
+                    Err(JobError::Permanent(anyhow::anyhow!(
+                        "unknown job kind {kind:?}"
+                    )))
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The listener: its own Postgres connection (not pooled: a pool's connection task drops
+//! notifications) with LISTEN on the doorbell channels. It reconnects with capped backoff;
+//! notifications sent while it was away are gone, so after every (re)connect it rings every
+//! bell, and the relay and reconciler look for themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+/// The `application_name` of the listener's connection (to find it in pg_stat_activity).
+pub const APPLICATION_NAME: &str = "reviews-worker-listener";
+
+/// What the listener rings; each bell keeps one wake-up until somebody waits for it.
+#[derive(Clone, Default)]
+pub struct Bells {
+    /// New outbox rows may be waiting (`NOTIFY outbox`).
+    pub outbox: Arc<Notify>,
+    /// Jobs were made pending outside the relay, e.g. a replayed dead letter (`NOTIFY jobs`).
+    pub jobs: Arc<Notify>,
+    /// `retry_policies` changed (`NOTIFY retry_policies`).
+    pub retry_policies: Arc<Notify>,
+}
+
+impl Bells {
+    fn ring_all(&self) {
+        self.outbox.notify_one();
+        self.jobs.notify_one();
+        self.retry_policies.notify_one();
+    }
+}
+
+pub struct Listener {
+    config: tokio_postgres::Config,
+    bells: Bells,
+    reconnects: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Listener {
+    pub fn new(mut config: tokio_postgres::Config, bells: Bells) -> Self {
+        config.application_name(APPLICATION_NAME);
+        Listener {
+            config,
+            bells,
+            reconnects: Default::default(),
+        }
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnects(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.reconnects.clone()
+    }
+
+    /// Listens until `shutdown`, reconnecting whenever the connection is lost.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut connected_before = false;
+        loop {
+            let error = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.listen(&mut backoff, &mut connected_before) => match result {
+                    Ok(()) => return,
+                    Err(error) => error,
+                },
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                error = format!("{error:#}"),
+                retry_in_ms = delay.as_millis() as u64,
+                "listener lost its Postgres connection; reconnecting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection's life: connect, LISTEN, ring every bell, then forward notifications
+    /// until the connection ends.
+    async fn listen(
+        &self,
+        backoff: &mut Backoff,
+        connected_before: &mut bool,
+    ) -> anyhow::Result<()> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (notifications, mut received) = mpsc::unbounded_channel::<String>();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                if let AsyncMessage::Notification(n) = message? {
+                    if notifications.send(n.channel().to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        });
+        client
+            .batch_execute("listen outbox; listen jobs; listen retry_policies")
+            .await?;
+        backoff.reset();
+        if *connected_before {
+            self.reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("listener reconnected");
+        }
+        *connected_before = true;
+        // Whatever was announced while we were away is lost: everybody looks now.
+        self.bells.ring_all();
+
+        while let Some(channel) = received.recv().await {
+            match channel.as_str() {
+                "outbox" => self.bells.outbox.notify_one(),
+                "jobs" => self.bells.jobs.notify_one(),
+                "retry_policies" => self.bells.retry_policies.notify_one(),
+                _ => {}
+            }
+        }
+        drop(client);
+        match driver.await? {
+            Ok(()) => anyhow::bail!("the connection closed"),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The relay: moves outbox events into jobs and the jobs' ids into the queue.
+//!
+//! It claims pending events in batches (`for update skip locked`, so several workers share
+//! the work), creates their jobs and marks them relayed in one statement, then enqueues the
+//! job ids in one Redis round trip. If the enqueue fails, the jobs are still pending in
+//! Postgres and reconciliation enqueues them: delivery is at least once.
+//!
+//! When it runs out of work it arms the doorbell and looks once more before it sleeps (see
+//! db/migrations/0005): then it wakes on the bell, or on the slow poll, which also
+//! reconciles the queue against Postgres.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reviews_db::outbox::{arm_doorbell, relay_pending_events};
+use reviews_db::Db;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::listener::Bells;
+use crate::queue::JobQueue;
+use crate::reconcile::Reconciler;
+use crate::retry::RetryPolicies;
+
+/// What one relay pass found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOutcome {
+    Relayed { events: i64, jobs: usize },
+    Idle,
+}
+
+pub struct Relay {
+    pub db: Db,
+    pub queue: Arc<JobQueue>,
+    pub reconciler: Reconciler,
+    pub policies: RetryPolicies,
+    pub bells: Bells,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub reconcile_after: Duration,
+}
+
+impl Relay {
+    /// Relays one batch of pending events.
+    pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
+        let batch = {
+            let conn = self.db.conn().await?;
+            relay_pending_events(&conn, self.batch_size).await?
+        };
+        if batch.events == 0 {
+            return Ok(RelayOutcome::Idle);
+        }
+        tracing::debug!(
+            batch.size = batch.events,
+            jobs = batch.job_ids.len(),
+            "relayed events"
+        );
+        if let Err(error) = self.queue.enqueue(&batch.job_ids).await {
+            // The jobs are safe in Postgres; reconciliation will enqueue them.
+            tracing::warn!(error = %error, jobs = batch.job_ids.len(),
+                "could not enqueue relayed jobs; reconciliation will");
+        }
+        Ok(RelayOutcome::Relayed {
+            events: batch.events,
+            jobs: batch.job_ids.len(),
+        })
+    }
+
+    /// Relays until there is nothing left; returns how many events.
+    async fn drain(&self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        while let RelayOutcome::Relayed { events, .. } = self.relay_batch().await? {
+            total += events;
+        }
+        Ok(total)
+    }
+
+    /// Runs until `shutdown`: drain, arm, look once more, sleep until the bell or the poll.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        // Whether the bell is armed by us and nobody has rung it since.
+        let mut armed = false;
+        let mut poll_tick = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(error) = self.step(&mut armed, poll_tick).await {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "relay failed; retrying"
+                );
+                armed = false;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+            backoff.reset();
+            poll_tick = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.bells.outbox.notified() => armed = false,
+                _ = self.bells.jobs.notified() => {
+                    if let Err(error) = self.reconciler.reconcile(Duration::ZERO).await {
+                        tracing::warn!(error = format!("{error:#}"), "reconciliation failed");
+                    }
+                }
+                _ = self.bells.retry_policies.notified() => {
+                    if let Err(error) = self.policies.reload(&self.db).await {
+                        tracing::warn!(error = %error, "could not reload retry policies");
+                    }
+                }
+                _ = tokio::time::sleep(self.poll_interval) => poll_tick = true,
+            }
+        }
+    }
+
+    /// One wake-up's work: drain the outbox and make sure the bell is armed before sleeping.
+    async fn step(&self, armed: &mut bool, poll_tick: bool) -> anyhow::Result<()> {
+        let relayed = self.drain().await?;
+        if relayed > 0 {
+            // A writer may have rung (and disarmed) while we worked.
+            *armed = false;
+        }
+        while !*armed {
+            {
+                let mut conn = self.db.conn().await?;
+                arm_doorbell(&mut conn).await?;
+            }
+            *armed = true;
+            // Writers that read "disarmed" before we armed have committed by now: look again.
+            if self.drain().await? > 0 {
+                *armed = false;
+            }
+        }
+        if poll_tick {
+            self.reconciler.reconcile(self.reconcile_after).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,481 @@
+//! The runner: reads job ids from the queue and runs the jobs, at most `WORKER_CONCURRENCY`
+//! at once.
+//!
+//! For each delivery it records the attempt in Postgres *before* running the job (so a job
+//! that crashes its worker still reaches its dead letter), runs the handler in a task of its
+//! own (a panic fails only that job) under a timeout shorter than the lease, then records the
+//! outcome in Postgres and only then acknowledges the delivery in Redis. While jobs run, a
+//! heartbeat renews their leases; leases that expired elsewhere are taken back and run here.
+//!
+//! On shutdown it stops reading, lets running jobs finish within the grace period, and hands
+//! back the rest (their attempt is given back too).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reviews_db::jobs::{self, JobState, StartedJob};
+use reviews_db::Db;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::jobs::{JobError, JobHandlers};
+use crate::queue::{is_missing_group, Delivery, JobQueue};
+use crate::retry::{RetryPolicies, RetryPolicy};
+
+/// Counters of what the runner did (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub taken_back: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// How a job's run ended.
+#[derive(Debug)]
+enum RunOutcome {
+    Succeeded,
+    Failed(JobError),
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    pub db: Db,
+    pub queue: Arc<JobQueue>,
+    pub handlers: JobHandlers,
+    pub policies: RetryPolicies,
+    pub consumer: String,
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub job_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub poll_interval: Duration,
+    pub stats: Arc<RunnerStats>,
+    /// Deliveries this runner holds, by stream entry id.
+    held: Arc<Mutex<HashMap<String, Delivery>>>,
+    /// Rung when this runner schedules a retry, so the promoter recomputes its sleep.
+    retry_scheduled: Arc<Notify>,
+}
+
+/// How long one blocking read waits before it is issued again.
+const READ_BLOCK: Duration = Duration::from_secs(5);
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        queue: Arc<JobQueue>,
+        handlers: JobHandlers,
+        policies: RetryPolicies,
+        concurrency: usize,
+        lease: Duration,
+        job_timeout: Duration,
+        shutdown_grace: Duration,
+        poll_interval: Duration,
+    ) -> Self {
+        Runner {
+            db,
+            queue,
+            handlers,
+            policies,
+            consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            concurrency,
+            lease,
+            job_timeout,
+            shutdown_grace,
+            poll_interval,
+            stats: Arc::default(),
+            held: Arc::default(),
+            retry_scheduled: Arc::default(),
+        }
+    }
+
+    /// Runs until `shutdown`, then drains: see the module docs.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let stop_helpers = CancellationToken::new();
+        let helpers = [
+            tokio::spawn(self.clone().heartbeat(stop_helpers.clone())),
+            tokio::spawn(self.clone().take_back(slots.clone(), stop_helpers.clone())),
+            tokio::spawn(self.clone().promote(stop_helpers.clone())),
+        ];
+        let mut running = tokio::task::JoinSet::new();
+        self.read_loop(&slots, &mut running, &shutdown).await;
+
+        // Shutdown: no new reads; let running jobs finish within the grace period.
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+            self.hand_back_held().await;
+        }
+        stop_helpers.cancel();
+        for helper in helpers {
+            let _ = helper.await;
+        }
+        tracing::info!("runner stopped");
+    }
+
+    async fn read_loop(
+        &self,
+        slots: &Arc<Semaphore>,
+        running: &mut tokio::task::JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut connection = None;
+        loop {
+            // Reap finished tasks so the set does not grow.
+            while running.try_join_next().is_some() {}
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            if connection.is_none() {
+                match self.queue.blocking_connection().await {
+                    Ok(conn) => connection = Some(conn),
+                    Err(error) => {
+                        self.pause(&mut backoff, "cannot connect to Redis", &error, shutdown)
+                            .await;
+                        continue;
+                    }
+                }
+            }
+            let conn = connection.as_mut().expect("connected above");
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = self.queue.read(conn, &self.consumer, permits.len(), READ_BLOCK) => read,
+            };
+            match read {
+                Ok(deliveries) => {
+                    backoff.reset();
+                    for delivery in deliveries {
+                        let permit = permits.pop().expect("one permit per delivery");
+                        self.spawn_job(running, delivery, permit);
+                    }
+                }
+                Err(error) if is_missing_group(&error) => {
+                    tracing::warn!(
+                        "the queue's stream is gone (Redis lost its data); recreating it"
+                    );
+                    if let Err(error) = self.queue.ensure_group().await {
+                        self.pause(
+                            &mut backoff,
+                            "cannot create the consumer group",
+                            &error,
+                            shutdown,
+                        )
+                        .await;
+                    }
+                }
+                Err(error) => {
+                    connection = None;
+                    self.pause(&mut backoff, "reading the queue failed", &error, shutdown)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        what: &str,
+        error: &(dyn std::fmt::Display + Sync),
+        shutdown: &CancellationToken,
+    ) {
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    fn spawn_job(
+        &self,
+        running: &mut tokio::task::JoinSet<()>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) {
+        self.held
+            .lock()
+            .expect("held lock poisoned")
+            .insert(delivery.entry_id.clone(), delivery.clone());
+        let runner = self.clone();
+        running.spawn(async move {
+            if let Err(error) = runner.process(&delivery).await {
+                // The delivery stays leased; when the lease expires it is taken back and
+                // tried again, so nothing is lost.
+                tracing::warn!(
+                    job.id = delivery.job_id,
+                    error = format!("{error:#}"),
+                    "could not record a job's outcome; it will be retried after its lease"
+                );
+            }
+            runner
+                .held
+                .lock()
+                .expect("held lock poisoned")
+                .remove(&delivery.entry_id);
+            drop(permit);
+        });
+    }
+
+    /// Starts, runs and settles one delivered job.
+    async fn process(&self, delivery: &Delivery) -> anyhow::Result<()> {
+        let fallback_max = RetryPolicy::FALLBACK.max_attempts;
+        let started = {
+            let conn = self.db.conn().await?;
+            jobs::start_job(&conn, delivery.job_id, fallback_max).await?
+        };
+        let Some(job) = started else {
+            return self.settle_unstartable(delivery, fallback_max).await;
+        };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind,
+            job.attempt = job.attempt,
+            request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""));
+        async {
+            let outcome = self.run_with_timeout(&job).await;
+            self.settle(delivery, &job, outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs the handler in its own task: a panic or a timeout fails this job only.
+    async fn run_with_timeout(&self, job: &StartedJob) -> RunOutcome {
+        let task = tokio::spawn(self.handlers.run(&self.db, &job.kind, job.payload.clone()));
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.job_timeout, task).await {
+            Ok(Ok(Ok(()))) => RunOutcome::Succeeded,
+            Ok(Ok(Err(error))) => RunOutcome::Failed(error),
+            Ok(Err(join_error)) => {
+                let message = panic_message(join_error);
+                RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!(
+                    "job panicked: {message}"
+                )))
+            }
+            Err(_) => {
+                abort.abort();
+                RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!(
+                    "job timed out after {:?}",
+                    self.job_timeout
+                )))
+            }
+        }
+    }
+
+    /// Records the outcome in Postgres, then acknowledges or reschedules in Redis.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        job: &StartedJob,
+        outcome: RunOutcome,
+    ) -> anyhow::Result<()> {
+        let conn = self.db.conn().await?;
+        match outcome {
+            RunOutcome::Succeeded => {
+                jobs::complete_job(&conn, job.id).await?;
+                self.queue.finish(delivery).await?;
+                self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("job succeeded");
+            }
+            RunOutcome::Failed(JobError::Permanent(error)) => {
+                let message = format!("{error:#}");
+                jobs::bury_job(&conn, job.id, &message).await?;
+                self.queue.finish(delivery).await?;
+                self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %message, "job failed permanently; now a dead letter");
+            }
+            RunOutcome::Failed(JobError::Retryable(error)) => {
+                let message = format!("{error:#}");
+                let policy = self.policies.for_kind(&job.kind);
+                if job.attempt >= policy.max_attempts {
+                    jobs::bury_job(&conn, job.id, &message).await?;
+                    self.queue.finish(delivery).await?;
+                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %message, "job used up its attempts; now a dead letter");
+                } else {
+                    let delay = policy.next_delay(job.attempt);
+                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &message).await?;
+                    self.queue.retry_later(delivery, delay).await?;
+                    self.retry_scheduled.notify_one();
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A delivered job that could not start: finished already, scheduled for later, or out
+    /// of attempts because its last attempt never reported back.
+    async fn settle_unstartable(
+        &self,
+        delivery: &Delivery,
+        fallback_max: i32,
+    ) -> anyhow::Result<()> {
+        let conn = self.db.conn().await?;
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        match jobs::job_state(&conn, delivery.job_id, fallback_max).await? {
+            JobState::Finished => self.queue.finish(delivery).await?,
+            JobState::Scheduled { in_ms } => {
+                self.queue
+                    .retry_later(delivery, Duration::from_millis(in_ms as u64))
+                    .await?;
+                self.retry_scheduled.notify_one();
+            }
+            JobState::Exhausted { attempts } => {
+                let message = format!(
+                    "attempt {attempts} never reported back (its worker died or stalled past the lease)"
+                );
+                jobs::bury_job(&conn, delivery.job_id, &message).await?;
+                self.queue.finish(delivery).await?;
+                self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(job.id = delivery.job_id, error = %message, "job is now a dead letter");
+            }
+            JobState::Pending => {
+                self.queue
+                    .retry_later(delivery, Duration::from_millis(100))
+                    .await?;
+                self.retry_scheduled.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Renews the leases of held deliveries every third of a lease.
+    async fn heartbeat(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let held: Vec<String> = self
+                .held
+                .lock()
+                .expect("held lock poisoned")
+                .keys()
+                .cloned()
+                .collect();
+            if let Err(error) = self.queue.heartbeat(&self.consumer, &held).await {
+                tracing::warn!(error = %error, "heartbeat failed; leases may expire");
+            }
+        }
+    }
+
+    /// Every half lease, takes back deliveries whose lease expired and runs them here.
+    async fn take_back(self, slots: Arc<Semaphore>, stop: CancellationToken) {
+        let mut running = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(self.lease / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            while running.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                continue;
+            }
+            match self
+                .queue
+                .take_back_expired(&self.consumer, self.lease, free)
+                .await
+            {
+                Ok(deliveries) => {
+                    for delivery in deliveries {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            job.id = delivery.job_id,
+                            "took back a job whose lease expired"
+                        );
+                        self.spawn_job(&mut running, delivery, permit);
+                    }
+                }
+                Err(error) if is_missing_group(&error) => {}
+                Err(error) => tracing::warn!(error = %error, "taking back expired leases failed"),
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Moves due retries into the stream: sleeps until the next is due (or the poll interval,
+    /// for retries other workers scheduled), waking early when this runner schedules one.
+    async fn promote(self, stop: CancellationToken) {
+        loop {
+            let wait = match self.queue.promote_due(500).await {
+                Ok((_, Some(next))) => next.min(self.poll_interval),
+                Ok((_, None)) => self.poll_interval,
+                Err(error) => {
+                    tracing::warn!(error = %error, "promoting due retries failed");
+                    self.poll_interval
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.retry_scheduled.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Hands back the deliveries still held after the grace period.
+    async fn hand_back_held(&self) {
+        let held: Vec<Delivery> = self
+            .held
+            .lock()
+            .expect("held lock poisoned")
+            .drain()
+            .map(|(_, d)| d)
+            .collect();
+        for delivery in held {
+            let given_back = async {
+                let conn = self.db.conn().await?;
+                jobs::hand_back_job(&conn, delivery.job_id).await?;
+                self.queue.hand_back(&delivery).await?;
+                anyhow::Ok(())
+            };
+            match given_back.await {
+                Ok(()) => tracing::info!(job.id = delivery.job_id, "handed a running job back"),
+                Err(error) => tracing::warn!(
+                    job.id = delivery.job_id,
+                    error = format!("{error:#}"),
+                    "could not hand a job back; it returns when its lease expires"
+                ),
+            }
+        }
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into()),
+        Err(error) => error.to_string(),
+    }
+}
