@@ -83,10 +83,11 @@ pub async fn job_state<C: AsClient>(
     })
 }
 
-/// Marks a job done.
+/// Marks a job done. `last_error` stays: a job that succeeded on a retry still shows why
+/// the earlier attempt failed.
 pub async fn complete_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
     db.execute(
-        "update jobs set status = 'done', finished_at = now(), last_error = null
+        "update jobs set status = 'done', finished_at = now()
          where id = $1 and status = 'pending'",
         &[&id],
     )

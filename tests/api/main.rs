@@ -7,6 +7,7 @@ mod concurrency;
 mod http;
 mod migrations;
 mod pagination;
+mod pipeline;
 mod products;
 mod proxy;
 mod reviews;

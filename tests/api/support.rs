@@ -176,3 +176,100 @@ pub fn error_message(response: &Value) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A worker running in-process against a TestApp's database, with its own Redis prefix.
+pub struct TestWorker {
+    prefix: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        let host = std::env::var("REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
+        format!("redis://{host}:{port}")
+    })
+}
+
+impl TestApp {
+    pub async fn start_worker(&self) -> TestWorker {
+        use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut db = reviews_db::DbArgs::local("unused");
+        db.database_url = Some(self.database.config.clone());
+        let mut redis = RedisArgs::local(&prefix);
+        redis.redis_url = Some(redis_url());
+        let args = WorkerArgs {
+            db,
+            redis,
+            tuning: Tuning {
+                poll_interval: Duration::from_millis(200),
+                ..Tuning::default()
+            },
+            log_format: reviews_worker::telemetry::LogFormat::Text,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let worker = reviews_worker::start(
+            &args,
+            reviews_worker::jobs::JobHandlers::standard(),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .unwrap();
+        TestWorker {
+            prefix,
+            stop: Some(stop),
+            task: Some(worker.task),
+        }
+    }
+
+    /// Waits until the worker has relayed every event and finished every job.
+    pub async fn wait_for_worker(&self) {
+        let client = self.database.client().await;
+        for _ in 0..400 {
+            let pending: i64 = client
+                .query_one(
+                    "select (select count(*) from outbox where relayed_at is null)
+                          + (select count(*) from jobs where status = 'pending')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker did not finish in 20 s");
+    }
+}
+
+impl TestWorker {
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let pattern = format!("{{{}}}:*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let client = redis::Client::open(redis_url()).unwrap();
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        })
+        .join();
+    }
+}

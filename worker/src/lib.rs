@@ -53,6 +53,7 @@ pub struct Worker {
     pub stats: Arc<RunnerStats>,
     pub listener_reconnects: Arc<AtomicU64>,
     pub queue: Arc<JobQueue>,
+    pub policies: RetryPolicies,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -96,7 +97,7 @@ pub async fn start(
         db,
         queue.clone(),
         handlers,
-        policies,
+        policies.clone(),
         tuning.concurrency as usize,
         tuning.lease,
         tuning.job_timeout,
@@ -133,6 +134,7 @@ pub async fn start(
         stats,
         listener_reconnects,
         queue,
+        policies,
         task,
     })
 }

@@ -1,0 +1,101 @@
+//! Faults the worker must survive without losing or doubling an effect.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reviews_db::testing::url_of;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_worker_killed_with_jobs_in_flight_has_them_run_again_after_the_lease_with_effects_once()
+{
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+
+    // Hold notifications' inserts so notify jobs are in flight when the worker dies.
+    let mut blocker = p.client().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("lock table notifications in share mode")
+        .await
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+        .env("DATABASE_URL", url_of(&p.database.config))
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", &p.prefix)
+        .env("OUTBOX_POLL_INTERVAL", "200ms")
+        .env("JOB_LEASE", "20s")
+        .env("JOB_TIMEOUT", "15s")
+        .env("WORKER_CONCURRENCY", "8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.add_reviews(product, authors("r", 20)).await;
+
+    let mut in_flight = 0;
+    for _ in 0..200 {
+        in_flight = p
+            .count("select count(*) from jobs where kind = 'notify_owner' and status = 'pending' and attempts = 1")
+            .await;
+        if in_flight >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_flight >= 8, "only {in_flight} jobs in flight");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    lock.rollback().await.unwrap();
+
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(30)).await;
+    let taken_back = worker.worker.stats.taken_back.load(Ordering::Relaxed);
+    worker.stop().await;
+
+    assert!(taken_back >= 8, "took back {taken_back} jobs");
+    p.assert_one_notification_per_event(20).await;
+    p.assert_ratings_match_reviews().await;
+    assert_eq!(p.count("select count(*) from dead_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn when_redis_forgets_everything_mid_run_every_effect_still_happens_once() {
+    let p = TestPipeline::new().await;
+    let products = [p.create_product("o1").await, p.create_product("o2").await];
+    let worker = p.start_worker().await;
+    let writer = {
+        let client = p.client().await;
+        tokio::spawn(async move {
+            let statement = client
+                .prepare("insert into reviews (product_id, author_id, rating, title, body) values ($1, $2, $3, 't', 'b')")
+                .await
+                .unwrap();
+            for i in 0..2000 {
+                let rating = (i % 5) as i16 + 1;
+                client
+                    .execute(
+                        &statement,
+                        &[&products[i % 2], &format!("author-{i}"), &rating],
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.forget_redis().await;
+    }
+    writer.await.unwrap();
+    p.forget_redis().await;
+    p.wait_until_idle(Duration::from_secs(60)).await;
+    worker.stop().await;
+
+    p.assert_one_notification_per_event(2000).await;
+    p.assert_ratings_match_reviews().await;
+    assert_eq!(p.count("select count(*) from dead_jobs").await, 0);
+}

@@ -1,0 +1,253 @@
+//! The normal flow and its variations: a backlog, coalescing, two workers, the listener
+//! losing its connection, a missed doorbell, shutdown.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reviews_worker::jobs::JobHandlers;
+use reviews_worker::listener::APPLICATION_NAME;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_worker_started_after_1000_events_drains_them_all() {
+    let p = TestPipeline::new().await;
+    let products = [
+        p.create_product("owner-a").await,
+        p.create_product("owner-b").await,
+    ];
+    for (i, product) in products.iter().enumerate() {
+        p.add_reviews(*product, authors(&format!("r{i}"), 500))
+            .await;
+    }
+    assert_eq!(
+        p.count("select count(*) from outbox where relayed_at is null")
+            .await,
+        1000
+    );
+
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(60)).await;
+    worker.stop().await;
+
+    p.assert_one_notification_per_event(1000).await;
+    p.assert_ratings_match_reviews().await;
+    let counts: Vec<i32> = p
+        .client()
+        .await
+        .query(
+            "select review_count from product_ratings order by review_count",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(counts, [500, 500]);
+}
+
+#[tokio::test]
+async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("r", 50)).await;
+
+    let batch = {
+        let conn = p.db.conn().await.unwrap();
+        reviews_db::outbox::relay_pending_events(&conn, 500)
+            .await
+            .unwrap()
+    };
+    assert_eq!(batch.events, 50);
+    assert_eq!(
+        p.count("select count(*) from jobs where kind = 'recompute_rating'")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.count("select count(*) from jobs where kind = 'notify_owner'")
+            .await,
+        50
+    );
+    assert_eq!(batch.job_ids.len(), 51);
+}
+
+#[tokio::test]
+async fn the_owner_is_not_notified_of_their_own_review_and_deletes_update_the_rating() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let worker = p.start_worker().await;
+    p.add_reviews(product, vec!["owner".to_string(), "someone".to_string()])
+        .await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    assert_eq!(p.count("select count(*) from notifications").await, 1);
+    assert_eq!(
+        p.count("select review_count::bigint from product_ratings")
+            .await,
+        2
+    );
+
+    p.client()
+        .await
+        .execute("delete from reviews where author_id = 'someone'", &[])
+        .await
+        .unwrap();
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(
+        p.count("select review_count::bigint from product_ratings")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.count("select count(*) from notifications where kind = 'review.deleted'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_workers_on_one_database_and_redis_apply_each_event_once() {
+    let p = TestPipeline::new().await;
+    let products = [
+        p.create_product("o1").await,
+        p.create_product("o2").await,
+        p.create_product("o3").await,
+    ];
+    let (a, b) = (p.start_worker().await, p.start_worker().await);
+    for (i, product) in products.iter().enumerate() {
+        p.add_reviews(*product, authors(&format!("r{i}"), 200))
+            .await;
+    }
+    p.wait_until_idle(Duration::from_secs(60)).await;
+    let runs = |w: &TestWorker| w.worker.stats.succeeded.load(Ordering::Relaxed);
+    let (runs_a, runs_b) = (runs(&a), runs(&b));
+    a.stop().await;
+    b.stop().await;
+
+    p.assert_one_notification_per_event(600).await;
+    p.assert_ratings_match_reviews().await;
+    assert!(
+        runs_a > 0 && runs_b > 0,
+        "both workers should have run jobs: {runs_a} and {runs_b}"
+    );
+    assert_eq!(p.count("select count(*) from dead_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn after_the_listener_is_killed_nothing_is_lost_and_the_doorbell_works_again() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let mut args = p.args();
+    // A poll too slow to hide a broken doorbell within this test.
+    args.tuning.poll_interval = Duration::from_secs(60);
+    let worker = p.start_worker_with(args, JobHandlers::standard()).await;
+    p.add_reviews(product, authors("before", 10)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+
+    let killed = p
+        .count(&format!(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+             where application_name = '{APPLICATION_NAME}' and datname = current_database()) t"
+        ))
+        .await;
+    assert_eq!(killed, 1);
+    // Events committed while the listener is away, and after it is back.
+    p.add_reviews(product, authors("during", 10)).await;
+    for _ in 0..100 {
+        if worker.worker.listener_reconnects.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(worker.worker.listener_reconnects.load(Ordering::Relaxed), 1);
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    p.add_reviews(product, authors("after", 10)).await;
+    p.wait_until_idle(Duration::from_secs(10)).await;
+    worker.stop().await;
+    p.assert_one_notification_per_event(30).await;
+    p.assert_ratings_match_reviews().await;
+}
+
+#[tokio::test]
+async fn a_doorbell_missed_while_the_worker_sleeps_is_caught_by_the_poll() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Commit while the bell is disarmed behind the worker's back: nobody rings.
+    let mut client = p.client().await;
+    let tx = client.transaction().await.unwrap();
+    tx.execute("update outbox_doorbell set armed = false", &[])
+        .await
+        .unwrap();
+    tx.execute(
+        "insert into reviews (product_id, author_id, rating, title, body) values ($1, 'quiet', 5, 't', 'b')",
+        &[&product],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    p.wait_until_idle(Duration::from_secs(10)).await;
+    worker.stop().await;
+    p.assert_one_notification_per_event(1).await;
+}
+
+#[tokio::test]
+async fn on_shutdown_a_job_that_outlives_the_grace_is_handed_back_without_losing_an_attempt() {
+    let p = TestPipeline::new().await;
+    let mut args = p.args();
+    args.tuning.shutdown_grace = Duration::from_millis(200);
+    args.tuning.job_timeout = Duration::from_secs(10);
+    args.tuning.lease = Duration::from_secs(20);
+    let slow = JobHandlers::standard().with("test.slow", |_, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+    });
+    let worker = p.start_worker_with(args, slow).await;
+    let id: i64 = p
+        .client()
+        .await
+        .query_one(
+            "insert into jobs (kind) values ('test.slow') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    worker.worker.queue.enqueue(&[id]).await.unwrap();
+    for _ in 0..100 {
+        if p.count("select attempts::bigint from jobs").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    worker.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited for the slow job"
+    );
+    assert_eq!(
+        p.count("select attempts::bigint from jobs").await,
+        0,
+        "the attempt is given back"
+    );
+
+    // Another worker picks the handed-back job up at once.
+    let fast = JobHandlers::standard().with("test.slow", |_, _| Box::pin(async { Ok(()) }));
+    let next = p.start_worker_with(p.args(), fast).await;
+    p.wait_until_idle(Duration::from_secs(10)).await;
+    next.stop().await;
+    assert_eq!(
+        p.count("select count(*) from jobs where status = 'done' and attempts = 1")
+            .await,
+        1
+    );
+}

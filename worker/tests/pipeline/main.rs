@@ -1,0 +1,8 @@
+//! Pipeline tests against a real Postgres and Redis: capture, relay, queue, runner, retries,
+//! and the faults the worker must survive.
+
+mod capture;
+mod faults;
+mod flow;
+mod retries;
+mod support;

@@ -1,0 +1,264 @@
+//! `TestPipeline`: a database of its own, a Redis key prefix of its own, and workers started
+//! in-process (or as processes) against them, with short timings so tests run fast.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reviews_db::testing::TestDatabase;
+use reviews_db::{Db, DbArgs};
+use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
+use reviews_worker::jobs::JobHandlers;
+use reviews_worker::telemetry::LogFormat;
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+pub struct TestPipeline {
+    pub database: TestDatabase,
+    pub db: Db,
+    pub prefix: String,
+    pub redis: redis::Client,
+}
+
+/// A worker running in this process; dropped, it is told to stop.
+pub struct TestWorker {
+    pub worker: reviews_worker::Worker,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestWorker {
+    /// Stops the worker gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.worker.task).await.unwrap();
+    }
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        let host = std::env::var("REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
+        format!("redis://{host}:{port}")
+    })
+}
+
+impl TestPipeline {
+    pub async fn new() -> Self {
+        let database = TestDatabase::create().await;
+        TestPipeline {
+            db: database.db(),
+            database,
+            prefix: format!("test-{}", Uuid::new_v4().simple()),
+            redis: redis::Client::open(redis_url()).unwrap(),
+        }
+    }
+
+    /// Settings with timings short enough for tests.
+    pub fn args(&self) -> WorkerArgs {
+        let mut db = DbArgs::local("unused");
+        db.database_url = Some(self.database.config.clone());
+        db.db_pool_size = 8;
+        let mut redis = RedisArgs::local(&self.prefix);
+        redis.redis_url = Some(redis_url());
+        WorkerArgs {
+            db,
+            redis,
+            tuning: Tuning {
+                poll_interval: Duration::from_millis(200),
+                concurrency: 8,
+                relay_batch_size: 200,
+                lease: Duration::from_millis(1_500),
+                job_timeout: Duration::from_millis(1_000),
+                reconcile_after: Duration::from_millis(500),
+                shutdown_grace: Duration::from_secs(5),
+            },
+            log_format: LogFormat::Text,
+        }
+    }
+
+    pub async fn start_worker(&self) -> TestWorker {
+        self.start_worker_with(self.args(), JobHandlers::standard())
+            .await
+    }
+
+    pub async fn start_worker_with(&self, args: WorkerArgs, handlers: JobHandlers) -> TestWorker {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let worker = reviews_worker::start(&args, handlers, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("starting the worker");
+        TestWorker {
+            worker,
+            stop: Some(stop),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        self.database.client().await
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Deletes every key of this test's prefix: what FLUSHALL or a restart without persistence
+    /// does to the worker, without touching other tests' keys.
+    pub async fn forget_redis(&self) {
+        let mut conn = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{}}}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn create_product(&self, owner: &str) -> Uuid {
+        self.client()
+            .await
+            .query_one(
+                "insert into products (name, owner_id) values ('p', $1) returning id",
+                &[&owner],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Commits one review per author, each in its own transaction; returns their ids.
+    pub async fn add_reviews(
+        &self,
+        product: Uuid,
+        authors: impl IntoIterator<Item = String>,
+    ) -> Vec<Uuid> {
+        let client = self.client().await;
+        let statement = client
+            .prepare("insert into reviews (product_id, author_id, rating, title, body) values ($1, $2, $3, 't', 'b') returning id")
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for (i, author) in authors.into_iter().enumerate() {
+            let rating = (i % 5) as i16 + 1;
+            ids.push(
+                client
+                    .query_one(&statement, &[&product, &author, &rating])
+                    .await
+                    .unwrap()
+                    .get(0),
+            );
+        }
+        ids
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until every outbox event is relayed and no job is pending; panics with the state
+    /// after `limit`.
+    pub async fn wait_until_idle(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let pending = self
+                .count(
+                    "select (select count(*) from outbox where relayed_at is null)
+                          + (select count(*) from jobs where status = 'pending')",
+                )
+                .await;
+            if pending == 0 {
+                return;
+            }
+            if started.elapsed() > limit {
+                let client = self.client().await;
+                let rows = client
+                    .query("select kind, status, attempts, last_error from jobs where status = 'pending' limit 5", &[])
+                    .await
+                    .unwrap();
+                let sample: Vec<String> = rows
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}/{}/{}/{:?}",
+                            r.get::<_, String>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, i32>(2),
+                            r.get::<_, Option<String>>(3)
+                        )
+                    })
+                    .collect();
+                panic!("not idle after {limit:?}: {pending} pending; e.g. {sample:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts that every rating summary equals the aggregate of the reviews table.
+    pub async fn assert_ratings_match_reviews(&self) {
+        let wrong = self
+            .count(
+                "select count(*) from products p
+                 left join product_ratings pr on pr.product_id = p.id
+                 left join lateral (
+                     select count(*) as n, coalesce(sum(rating), 0) as s,
+                            count(*) filter (where rating = 1) as s1,
+                            count(*) filter (where rating = 5) as s5
+                     from reviews r where r.product_id = p.id) agg on true
+                 where coalesce(pr.review_count, 0) <> agg.n
+                    or coalesce(pr.rating_sum, 0) <> agg.s
+                    or coalesce(pr.stars_1, 0) <> agg.s1
+                    or coalesce(pr.stars_5, 0) <> agg.s5",
+            )
+            .await;
+        assert_eq!(wrong, 0, "rating summaries differ from the reviews table");
+    }
+
+    /// Asserts that every event that should notify did so exactly once.
+    pub async fn assert_one_notification_per_event(&self, expected: i64) {
+        let total = self.count("select count(*) from notifications").await;
+        let distinct = self
+            .count("select count(distinct event_id) from notifications")
+            .await;
+        assert_eq!(total, expected, "notifications");
+        assert_eq!(distinct, expected, "notifications per event");
+    }
+}
+
+impl Drop for TestPipeline {
+    fn drop(&mut self) {
+        let client = self.redis.clone();
+        let pattern = format!("{{{}}}:*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        })
+        .join();
+    }
+}
+
+/// Authors `prefix-0`, `prefix-1`, …
+pub fn authors(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+pub type Shared<T> = Arc<std::sync::Mutex<T>>;
