@@ -12,6 +12,9 @@
 //! - `sql`: the counting connection/transaction handle and [`StoreError`].
 //! - `page`: keyset pagination (the position a cursor points at).
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
+//! - `outbox`: claiming events into jobs (the relay's statement) and the doorbell.
+//! - `jobs`: job attempts, retries, dead letters and replay; `retry_policies`: schedules.
+//! - `testing` (feature): per-test databases cloned from a migrated template.
 
 pub mod config;
 pub mod jobs;
