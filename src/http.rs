@@ -55,6 +55,18 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
 
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(
+                crate::metrics::handle().render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
+
     let readyz = warp::path("readyz")
         .and(warp::path::end())
         .and(warp::get())
@@ -66,11 +78,40 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(healthz)
         .unify()
+        .or(metrics)
+        .unify()
         .or(readyz)
         .unify()
         .recover(reject_cleanly)
         .unify()
+        .with(warp::log::custom(|info| {
+            let labels = [
+                ("route", crate::metrics::route_label(info.path())),
+                ("method", method_label(info.method())),
+                ("status", status_class(info.status())),
+            ];
+            metrics::counter!("http_requests_total", &labels).increment(1);
+            metrics::histogram!("http_request_duration_seconds", &labels)
+                .record(info.elapsed().as_secs_f64());
+        }))
         .with(warp::trace::request())
+}
+
+fn method_label(method: &warp::http::Method) -> &'static str {
+    match *method {
+        warp::http::Method::GET => "GET",
+        warp::http::Method::POST => "POST",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// A request id from the client when it looks like one, else a fresh one.
@@ -158,6 +199,26 @@ async fn execute_graphql(
             error.extensions = extended.extensions;
         }
     }
+    let outcome = if response.errors.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
+    metrics::counter!("graphql_operations_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("graphql_operation_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    for error in &response.errors {
+        let code = error
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(|v| match v {
+                async_graphql::Value::String(s) => Some(error_code_label(s)),
+                _ => None,
+            })
+            .unwrap_or("INTERNAL");
+        metrics::counter!("graphql_errors_total", "code" => code).increment(1);
+    }
     tracing::info!(
         request.id = %request_id.0,
         graphql.operation = %operation,
@@ -168,6 +229,18 @@ async fn execute_graphql(
     let mut reply = warp::reply::json(&response).into_response();
     set_request_id(&mut reply, &request_id);
     reply
+}
+
+/// Our error codes as static labels (anything else counts as INTERNAL).
+fn error_code_label(code: &str) -> &'static str {
+    match code {
+        "BAD_USER_INPUT" => "BAD_USER_INPUT",
+        "UNAUTHENTICATED" => "UNAUTHENTICATED",
+        "FORBIDDEN" => "FORBIDDEN",
+        "NOT_FOUND" => "NOT_FOUND",
+        "CONFLICT" => "CONFLICT",
+        _ => "INTERNAL",
+    }
 }
 
 fn is_blank(query: &str) -> bool {

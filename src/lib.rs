@@ -10,12 +10,14 @@
 //! - `auth`: bearer tokens and roles.
 //! - `graphql`: the schema (queries, mutations, types, loaders).
 //! - `error`: `ApiError` and the codes clients see.
+//! - `metrics`: Prometheus counters and histograms, `GET /metrics`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;
 
 use std::future::Future;
@@ -52,6 +54,7 @@ pub async fn serve(
     api_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
+    metrics::handle();
     let state = AppState {
         schema: graphql::build_schema(db.clone()),
         db,

@@ -112,3 +112,42 @@ async fn readyz_answers_503_while_postgres_is_unreachable_and_recovers_by_itself
     }
     assert_eq!(status, 200, "readyz did not recover");
 }
+
+#[tokio::test]
+async fn the_committed_schema_file_matches_the_code() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reviews-api"))
+        .arg("print-schema")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    assert!(
+        generated == committed,
+        "schema.graphql is out of date: run `cargo run --bin reviews-api -- print-schema > schema.graphql`"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_graphql_errors_by_code() {
+    let app = TestApp::spawn().await;
+    app.graphql("{ product(id: \"nope\") { id } }", json!({}))
+        .await;
+    app.graphql("{ products { edges { cursor } } }", json!({}))
+        .await;
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    for expected in [
+        "graphql_errors_total{code=\"BAD_USER_INPUT\"}",
+        "graphql_operations_total{outcome=\"ok\"}",
+        "graphql_operation_duration_seconds_bucket",
+        "http_requests_total{route=\"/graphql\",method=\"POST\",status=\"2xx\"}",
+    ] {
+        assert!(
+            body.contains(expected),
+            "metrics lack {expected:?}:\n{body}"
+        );
+    }
+}

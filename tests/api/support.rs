@@ -207,6 +207,7 @@ impl TestApp {
                 poll_interval: Duration::from_millis(200),
                 ..Tuning::default()
             },
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
             log_format: reviews_worker::telemetry::LogFormat::Text,
         };
         let (stop, stopped) = oneshot::channel::<()>();

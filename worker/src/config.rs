@@ -34,6 +34,14 @@ pub struct WorkerArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub tuning: Tuning,
+    /// Where the worker serves Prometheus metrics (GET /metrics).
+    #[arg(
+        long = "worker-metrics-addr",
+        env = "WORKER_METRICS_ADDR",
+        value_name = "WORKER_METRICS_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
     /// Log format: text or json. RUST_LOG sets the levels (default info).
     #[arg(
         long = "log-format",

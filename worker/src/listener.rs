@@ -108,6 +108,7 @@ impl Listener {
         if *connected_before {
             self.reconnects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("listener_reconnects_total").increment(1);
             tracing::info!("listener reconnected");
         }
         *connected_before = true;

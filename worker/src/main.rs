@@ -13,6 +13,19 @@ async fn main() -> anyhow::Result<()> {
         None => cli.run,
     };
     telemetry::init(args.log_format);
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ])?
+        .with_http_listener(args.metrics_addr)
+        .install()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "while serving metrics on WORKER_METRICS_ADDR={}: {e}",
+                args.metrics_addr
+            )
+        })?;
     let worker = reviews_worker::start(&args, JobHandlers::standard(), shutdown_signal()).await?;
     worker.task.await?;
     tracing::info!("stopped");

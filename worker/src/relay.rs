@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::outbox::{arm_doorbell, relay_pending_events};
+use reviews_db::outbox::{arm_doorbell, pending_events, relay_pending_events};
 use reviews_db::Db;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +55,9 @@ impl Relay {
             jobs = batch.job_ids.len(),
             "relayed events"
         );
+        metrics::counter!("relay_batches_total").increment(1);
+        metrics::counter!("relay_events_total").increment(batch.events as u64);
+        metrics::counter!("relay_jobs_total").increment(batch.job_ids.len() as u64);
         if let Err(error) = self.queue.enqueue(&batch.job_ids).await {
             // The jobs are safe in Postgres; reconciliation will enqueue them.
             tracing::warn!(error = %error, jobs = batch.job_ids.len(),
@@ -118,6 +121,21 @@ impl Relay {
         }
     }
 
+    /// Outbox backlog and queue depth, sampled on the slow poll.
+    async fn record_gauges(&self) -> anyhow::Result<()> {
+        let (pending, oldest_ms) = {
+            let conn = self.db.conn().await?;
+            pending_events(&conn).await?
+        };
+        metrics::gauge!("outbox_pending_events").set(pending as f64);
+        metrics::gauge!("outbox_oldest_pending_age_seconds").set(oldest_ms as f64 / 1000.0);
+        let depth = self.queue.depth().await?;
+        metrics::gauge!("queue_stream_entries").set(depth.stream as f64);
+        metrics::gauge!("queue_delayed_jobs").set(depth.delayed as f64);
+        metrics::gauge!("queue_known_jobs").set(depth.known as f64);
+        Ok(())
+    }
+
     /// One wake-up's work: drain the outbox and make sure the bell is armed before sleeping.
     async fn step(&self, armed: &mut bool, poll_tick: bool) -> anyhow::Result<()> {
         let relayed = self.drain().await?;
@@ -138,6 +156,7 @@ impl Relay {
         }
         if poll_tick {
             self.reconciler.reconcile(self.reconcile_after).await?;
+            self.record_gauges().await?;
         }
         Ok(())
     }

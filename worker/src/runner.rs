@@ -246,11 +246,15 @@ impl Runner {
             return self.settle_unstartable(delivery, fallback_max).await;
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("job_attempts_total", "kind" => job.kind.clone()).increment(1);
         let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind,
             job.attempt = job.attempt,
             request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""));
         async {
+            let started_at = std::time::Instant::now();
             let outcome = self.run_with_timeout(&job).await;
+            metrics::histogram!("job_duration_seconds", "kind" => job.kind.clone())
+                .record(started_at.elapsed().as_secs_f64());
             self.settle(delivery, &job, outcome).await
         }
         .instrument(span)
@@ -293,6 +297,11 @@ impl Runner {
                 jobs::complete_job(&conn, job.id).await?;
                 self.queue.finish(delivery).await?;
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                record_run(&job.kind, "succeeded");
+                // From the job's creation (the event's relay) to its success.
+                let latency = (chrono_now_ms() - job.created_at.timestamp_millis()).max(0);
+                metrics::histogram!("job_end_to_end_seconds", "kind" => job.kind.clone())
+                    .record(latency as f64 / 1000.0);
                 tracing::debug!("job succeeded");
             }
             RunOutcome::Failed(JobError::Permanent(error)) => {
@@ -300,6 +309,7 @@ impl Runner {
                 jobs::bury_job(&conn, job.id, &message).await?;
                 self.queue.finish(delivery).await?;
                 self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                record_run(&job.kind, "dead");
                 tracing::error!(error = %message, "job failed permanently; now a dead letter");
             }
             RunOutcome::Failed(JobError::Retryable(error)) => {
@@ -309,6 +319,7 @@ impl Runner {
                     jobs::bury_job(&conn, job.id, &message).await?;
                     self.queue.finish(delivery).await?;
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    record_run(&job.kind, "dead");
                     tracing::error!(error = %message, "job used up its attempts; now a dead letter");
                 } else {
                     let delay = policy.next_delay(job.attempt);
@@ -316,6 +327,7 @@ impl Runner {
                     self.queue.retry_later(delivery, delay).await?;
                     self.retry_scheduled.notify_one();
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    record_run(&job.kind, "retried");
                     tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
                 }
             }
@@ -347,6 +359,7 @@ impl Runner {
                 jobs::bury_job(&conn, delivery.job_id, &message).await?;
                 self.queue.finish(delivery).await?;
                 self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("dead_letters_total", "kind" => "unknown").increment(1);
                 tracing::error!(job.id = delivery.job_id, error = %message, "job is now a dead letter");
             }
             JobState::Pending => {
@@ -407,6 +420,7 @@ impl Runner {
                             break;
                         };
                         self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("lease_takebacks_total").increment(1);
                         tracing::warn!(
                             job.id = delivery.job_id,
                             "took back a job whose lease expired"
@@ -467,6 +481,22 @@ impl Runner {
             }
         }
     }
+}
+
+/// Counts a finished run; dead letters also get their own counter.
+fn record_run(kind: &str, outcome: &'static str) {
+    metrics::counter!("job_runs_total", "kind" => kind.to_owned(), "outcome" => outcome)
+        .increment(1);
+    if outcome == "dead" {
+        metrics::counter!("dead_letters_total", "kind" => kind.to_owned()).increment(1);
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn panic_message(error: tokio::task::JoinError) -> String {

@@ -29,6 +29,7 @@ async fn a_worker_killed_with_jobs_in_flight_has_them_run_again_after_the_lease_
         .env("JOB_LEASE", "20s")
         .env("JOB_TIMEOUT", "15s")
         .env("WORKER_CONCURRENCY", "8")
+        .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

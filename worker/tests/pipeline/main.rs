@@ -4,5 +4,6 @@
 mod capture;
 mod faults;
 mod flow;
+mod metrics;
 mod retries;
 mod support;

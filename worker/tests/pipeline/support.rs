@@ -74,6 +74,7 @@ impl TestPipeline {
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
             },
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
             log_format: LogFormat::Text,
         }
     }
@@ -262,3 +263,12 @@ pub fn authors(prefix: &str, n: usize) -> Vec<String> {
 }
 
 pub type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
