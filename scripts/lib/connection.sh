@@ -43,3 +43,25 @@ require_database() {
     reviews_psql --tuples-only --command='select 1' >/dev/null 2>&1 \
         || die "cannot reach the database at $(reviews_db_description); check DATABASE_URL or DB_HOST/DB_PORT/DB_USER/DB_NAME"
 }
+
+# Converts a duration like 500ms, 2s, 5m, 1h, 7d to milliseconds; fails on anything else.
+duration_ms() {
+    local value="$1" number unit
+    if [[ ! "$value" =~ ^([0-9]+)(ms|s|m|h|d)$ ]]; then
+        return 1
+    fi
+    number="${BASH_REMATCH[1]}"
+    unit="${BASH_REMATCH[2]}"
+    case "$unit" in
+        ms) echo "$number" ;;
+        s) echo $((number * 1000)) ;;
+        m) echo $((number * 60000)) ;;
+        h) echo $((number * 3600000)) ;;
+        d) echo $((number * 86400000)) ;;
+    esac
+}
+
+# Fails unless $1 is a positive whole number; $2 names it in the message.
+require_id() {
+    [[ "$1" =~ ^[0-9]+$ ]] || die "$2 must be a positive whole number, got '$1'"
+}

@@ -1,0 +1,405 @@
+//! The psql-driven ops scripts, run as a user would against a real database: their output
+//! and their effects.
+
+use std::process::{Command, Output};
+
+use reviews_db::testing::TestDatabase;
+use serde_json::Value;
+
+struct Ops {
+    database: TestDatabase,
+}
+
+impl Ops {
+    async fn new() -> Self {
+        Ops {
+            database: TestDatabase::create().await,
+        }
+    }
+
+    fn run(&self, script: &str, args: &[&str]) -> Output {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/").to_owned() + script)
+            .args(args)
+            .env("DATABASE_URL", self.database.url())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a script that must succeed; returns its stdout.
+    fn ok(&self, script: &str, args: &[&str]) -> String {
+        let output = self.run(script, args);
+        assert!(
+            output.status.success(),
+            "{script} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a script that must fail; returns its stderr.
+    fn refused(&self, script: &str, args: &[&str]) -> String {
+        let output = self.run(script, args);
+        assert!(!output.status.success(), "{script} {args:?} was accepted");
+        String::from_utf8(output.stderr).unwrap()
+    }
+
+    async fn sql(&self, sql: &str) {
+        self.database
+            .client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap();
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.database
+            .client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+const SEED: &str = "
+    insert into products (id, name, owner_id) values ('00000000-0000-4000-8000-000000000001', 'p', 'owner');
+    insert into reviews (product_id, author_id, rating, title, body)
+    select '00000000-0000-4000-8000-000000000001', 'a' || i, 5, 't', 'b' from generate_series(1, 3) i;";
+
+#[tokio::test]
+async fn every_script_has_help_and_refuses_unknown_arguments() {
+    let ops = Ops::new().await;
+    for script in [
+        "outbox-status",
+        "dead-jobs",
+        "retry-policy",
+        "purge",
+        "replay-events",
+        "migrate",
+    ] {
+        assert!(ops.ok(script, &["--help"]).contains("Usage"), "{script}");
+        assert!(!ops.refused(script, &["--bogus"]).is_empty(), "{script}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gets_a_clear_message() {
+    let output = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/outbox-status"
+    ))
+    .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the database"));
+}
+
+#[tokio::test]
+async fn outbox_status_reports_the_backlog_and_jobs_by_state() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    let status: Value = serde_json::from_str(&ops.ok("outbox-status", &["--json"])).unwrap();
+    assert_eq!(status["outbox"]["pending"], 3);
+    assert_eq!(status["jobs"]["in_flight"], 0);
+
+    // Relay them and finish all but one job; make that one dead.
+    ops.sql(
+        "update outbox set relayed_at = now();
+         insert into jobs (kind, event_id, status, finished_at) select 'notify_owner', event_id, 'done', now() from outbox;
+         insert into jobs (kind, status, attempts) values ('recompute_rating', 'dead', 10), ('recompute_rating', 'pending', 0);",
+    )
+    .await;
+    let status: Value = serde_json::from_str(&ops.ok("outbox-status", &["--json"])).unwrap();
+    assert_eq!(status["outbox"]["pending"], 0);
+    assert_eq!(status["jobs"]["finished"], 3);
+    assert_eq!(status["jobs"]["dead"], 1);
+    assert_eq!(status["jobs"]["in_flight"], 1);
+    assert_eq!(status["last_5_minutes"]["relay_lag_ms"]["count"], 3);
+    assert_eq!(status["last_5_minutes"]["job_latency_ms"]["count"], 3);
+
+    let text = ops.ok("outbox-status", &[]);
+    assert!(
+        text.contains("finished") && text.contains("relay lag"),
+        "{text}"
+    );
+    assert!(ops
+        .refused("outbox-status", &["--watch", "0"])
+        .contains("--watch"));
+}
+
+#[tokio::test]
+async fn dead_jobs_can_be_listed_shown_replayed_once_and_discarded() {
+    let ops = Ops::new().await;
+    ops.sql(
+        "insert into jobs (kind, payload, attempts, status, last_error) values
+             ('notify_owner', '{\"event_id\": \"x\"}', 10, 'pending', 'boom'),
+             ('recompute_rating', '{}', 10, 'pending', 'bang');
+         select 1;",
+    )
+    .await;
+    let conn = ops.database.db().conn().await.unwrap();
+    reviews_db::jobs::bury_job(&conn, 1, "boom").await.unwrap();
+    reviews_db::jobs::bury_job(&conn, 2, "bang").await.unwrap();
+
+    let list = ops.ok("dead-jobs", &["list"]);
+    assert!(
+        list.contains("notify_owner") && list.contains("recompute_rating"),
+        "{list}"
+    );
+    let filtered = ops.ok(
+        "dead-jobs",
+        &["list", "--kind", "notify_owner", "--since", "1h"],
+    );
+    assert!(
+        filtered.contains("notify_owner") && !filtered.contains("recompute_rating"),
+        "{filtered}"
+    );
+    let shown = ops.ok("dead-jobs", &["show", "1"]);
+    assert!(
+        shown.contains("boom") && shown.contains("event_id"),
+        "{shown}"
+    );
+
+    assert!(ops.ok("dead-jobs", &["replay", "1"]).contains("replayed"));
+    assert!(ops
+        .ok("dead-jobs", &["replay", "1"])
+        .contains("already replayed"));
+    assert_eq!(
+        ops.count("select count(*) from jobs where id = 1 and status = 'pending' and attempts = 0")
+            .await,
+        1
+    );
+    assert!(!ops.ok("dead-jobs", &["list"]).contains("notify_owner"));
+
+    assert!(ops.ok("dead-jobs", &["discard", "2"]).contains("discarded"));
+    assert_eq!(
+        ops.count("select count(*) from dead_jobs where id = 2")
+            .await,
+        0
+    );
+    assert_eq!(
+        ops.count("select count(*) from jobs where id = 2 and status = 'dead'")
+            .await,
+        1
+    );
+
+    assert!(ops
+        .refused("dead-jobs", &["show", "99"])
+        .contains("no dead job with id 99"));
+    assert!(ops
+        .refused("dead-jobs", &["replay", "x1"])
+        .contains("positive whole number"));
+    assert!(ops
+        .refused("dead-jobs", &["discard", "99"])
+        .contains("no dead job"));
+    assert!(ops
+        .refused("dead-jobs", &["list", "--since", "yesterday-ish"])
+        .contains("--since"));
+    assert!(ops
+        .refused("dead-jobs", &["explode"])
+        .contains("unknown command"));
+}
+
+#[tokio::test]
+async fn replay_all_replays_every_open_dead_job_of_a_kind() {
+    let ops = Ops::new().await;
+    ops.sql("insert into jobs (kind) select case when i % 2 = 0 then 'a' else 'b' end from generate_series(1, 4) i").await;
+    let conn = ops.database.db().conn().await.unwrap();
+    for id in 1..=4 {
+        reviews_db::jobs::bury_job(&conn, id, "e").await.unwrap();
+    }
+    assert_eq!(
+        ops.ok("dead-jobs", &["replay", "--all", "--kind", "a"])
+            .trim(),
+        "replayed 2 dead jobs"
+    );
+    assert_eq!(
+        ops.ok("dead-jobs", &["replay", "--all"]).trim(),
+        "replayed 2 dead jobs"
+    );
+    assert_eq!(
+        ops.ok("dead-jobs", &["replay", "--all"]).trim(),
+        "replayed 0 dead jobs"
+    );
+    assert_eq!(
+        ops.count("select count(*) from jobs where status = 'pending'")
+            .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn retry_policy_shows_schedules_and_validates_changes() {
+    let ops = Ops::new().await;
+    let shown = ops.ok("retry-policy", &["show"]);
+    assert!(shown.contains("2:1.0s 3:2.0s 4:4.0s"), "{shown}");
+    assert!(shown.contains("00:08:31"), "total time to dead: {shown}");
+
+    let set = ops.ok(
+        "retry-policy",
+        &[
+            "set",
+            "notify_owner",
+            "--max-attempts",
+            "4",
+            "--base",
+            "2s",
+            "--max",
+            "1h",
+            "--multiplier",
+            "3",
+            "--jitter",
+            "0.1",
+        ],
+    );
+    assert!(set.contains("2:2.0s 3:6.0s 4:18.0s"), "{set}");
+    assert_eq!(
+        ops.count("select count(*) from retry_policies where kind = 'notify_owner' and max_attempts = 4 and base_delay_ms = 2000 and max_delay_ms = 3600000 and multiplier = 3 and jitter = 0.1").await,
+        1
+    );
+
+    for (args, message) in [
+        (vec!["set", "no_such_kind", "--base", "1s"], "unknown kind"),
+        (
+            vec!["set", "notify_owner", "--max-attempts", "-1"],
+            "--max-attempts",
+        ),
+        (vec!["set", "notify_owner", "--base", "-2s"], "--base"),
+        (
+            vec!["set", "notify_owner", "--base", "2h", "--max", "1h"],
+            "--max must not be below --base",
+        ),
+        (
+            vec!["set", "notify_owner", "--multiplier", "0.5"],
+            "--multiplier",
+        ),
+        (vec!["set", "notify_owner", "--jitter", "1.5"], "--jitter"),
+        (vec!["set", "notify_owner"], "at least one"),
+    ] {
+        let stderr = ops.refused("retry-policy", &args);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        ops.count("select max_attempts::bigint from retry_policies where kind = 'notify_owner'")
+            .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn purge_removes_old_finished_rows_in_batches_and_never_pending_or_dead_ones() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    ops.sql(
+        "update outbox set relayed_at = now() - interval '10 days', occurred_at = now() - interval '10 days' where id <= 2;
+         insert into jobs (kind, status, finished_at) select 'notify_owner', 'done', now() - interval '10 days' from generate_series(1, 7);
+         insert into jobs (kind, status, finished_at) values ('notify_owner', 'done', now());
+         insert into jobs (kind, status, attempts, created_at) values ('notify_owner', 'dead', 10, now() - interval '30 days'),
+                                                                     ('notify_owner', 'pending', 0, now() - interval '30 days');
+         insert into notifications (recipient_id, kind, event_id, read_at) values
+             ('a', 'review.created', gen_random_uuid(), now() - interval '10 days'),
+             ('a', 'review.created', gen_random_uuid(), null);",
+    )
+    .await;
+    let dry = ops.ok("purge", &["--older-than", "7d", "--dry-run"]);
+    assert!(
+        dry.contains("outbox: would delete 2") && dry.contains("jobs: would delete 7"),
+        "{dry}"
+    );
+    assert_eq!(ops.count("select count(*) from jobs").await, 10);
+
+    let done = ops.ok("purge", &["--older-than", "7d", "--batch-size", "3"]);
+    assert!(
+        done.contains("outbox: deleted 2")
+            && done.contains("jobs: deleted 7")
+            && done.contains("notifications: deleted 1"),
+        "{done}"
+    );
+    assert_eq!(
+        ops.count("select count(*) from outbox").await,
+        1,
+        "the pending event stays"
+    );
+    assert_eq!(
+        ops.count("select count(*) from jobs").await,
+        3,
+        "recent, dead and pending jobs stay"
+    );
+    assert_eq!(
+        ops.count("select count(*) from notifications").await,
+        1,
+        "unread notifications stay"
+    );
+    assert!(ops
+        .refused("purge", &["--older-than", "a week"])
+        .contains("--older-than"));
+    assert!(ops
+        .refused("purge", &["--batch-size", "0"])
+        .contains("--batch-size"));
+}
+
+#[tokio::test]
+async fn replay_events_marks_the_chosen_events_pending_again() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    ops.sql("update outbox set relayed_at = now()").await;
+    let review: String = ops
+        .database
+        .client()
+        .await
+        .query_one(
+            "select review_id::text from outbox order by id limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    assert_eq!(
+        ops.ok("replay-events", &["--review", &review, "--dry-run"])
+            .trim(),
+        "would replay 1 events"
+    );
+    assert!(ops
+        .ok("replay-events", &["--review", &review])
+        .contains("replayed 1 events"));
+    assert_eq!(
+        ops.count("select count(*) from outbox where relayed_at is null")
+            .await,
+        1
+    );
+    assert!(ops
+        .ok(
+            "replay-events",
+            &["--product", "00000000-0000-4000-8000-000000000001"]
+        )
+        .contains("replayed 2 events"));
+    ops.sql("update outbox set relayed_at = now()").await;
+    assert!(ops
+        .ok("replay-events", &["--since", "1h"])
+        .contains("replayed 3 events"));
+    ops.sql("update outbox set relayed_at = now()").await;
+    assert!(ops
+        .ok(
+            "replay-events",
+            &["--since", "2000-01-01", "--until", "2001-01-01"]
+        )
+        .contains("replayed 0 events"));
+
+    assert!(ops
+        .refused("replay-events", &["--review", "42"])
+        .contains("UUID"));
+    assert!(ops
+        .refused("replay-events", &[])
+        .contains("say which events"));
+    assert!(ops
+        .refused("replay-events", &["--until", "1h"])
+        .contains("--until goes with --since"));
+    assert!(ops
+        .refused("replay-events", &["--since", "someday"])
+        .contains("--since"));
+}
