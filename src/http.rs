@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::ErrorExtensions;
 use bytes::Bytes;
 use reviews_db::Db;
@@ -46,9 +45,14 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
     let graphiql = warp::path("graphql")
         .and(warp::path::end())
         .and(warp::get())
-        .map(|| {
-            warp::reply::html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response()
-        });
+        .map(crate::graphiql::page);
+
+    let graphiql_assets =
+        warp::path!("graphiql" / String)
+            .and(warp::get())
+            .and_then(|name: String| async move {
+                crate::graphiql::asset(&name).ok_or_else(warp::reject::not_found)
+            });
 
     let healthz = warp::path("healthz")
         .and(warp::path::end())
@@ -75,6 +79,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
 
     graphql_post
         .or(graphiql)
+        .unify()
+        .or(graphiql_assets)
         .unify()
         .or(healthz)
         .unify()

@@ -9,12 +9,14 @@
 //! - `http`: routes, request ids, readiness.
 //! - `auth`: bearer tokens and roles.
 //! - `graphql`: the schema (queries, mutations, types, loaders).
+//! - `graphiql`: the GraphiQL page and its embedded assets (works offline).
 //! - `error`: `ApiError` and the codes clients see.
 //! - `metrics`: Prometheus counters and histograms, `GET /metrics`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod metrics;

@@ -51,7 +51,7 @@ pub async fn relay_pending_events<C: AsClient>(
                  (select distinct on (c.product_id)
                          'recompute_rating', c.event_id, c.product_id::text,
                          jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
-                                            'request_id', c.request_id)
+                                            'actor_id', c.actor_id, 'request_id', c.request_id)
                   from claimed c
                   order by c.product_id, c.id desc)
                  on conflict (kind, coalesce_key)

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod batching;
+mod browser;
 mod concurrency;
 mod http;
 mod migrations;

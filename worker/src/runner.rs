@@ -249,7 +249,8 @@ impl Runner {
         metrics::counter!("job_attempts_total", "kind" => job.kind.clone()).increment(1);
         let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind,
             job.attempt = job.attempt,
-            request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""));
+            request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""),
+            actor.id = job.payload.get("actor_id").and_then(|v| v.as_str()).unwrap_or(""));
         async {
             let started_at = std::time::Instant::now();
             let outcome = self.run_with_timeout(&job).await;
