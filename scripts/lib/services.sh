@@ -6,7 +6,7 @@
 # started from the system's binaries under .dev/ (git-ignored) on its own port, and the
 # variables are exported to point at it. Source after setting $root.
 
-dev_dir="$root/.dev"
+dev_dir="${DEV_DIR:-$root/.dev}"
 private_pg_port="${PRIVATE_PG_PORT:-54329}"
 private_redis_port="${PRIVATE_REDIS_PORT:-56379}"
 

@@ -403,3 +403,89 @@ async fn replay_events_marks_the_chosen_events_pending_again() {
         .refused("replay-events", &["--since", "someday"])
         .contains("--since"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn scripts_dev_brings_the_stack_up_twice_safely_and_down_again() {
+    let admin = reviews_db::testing::server_config("postgres");
+    let db_name = format!("reviews_dev_{}", uuid::Uuid::new_v4().simple());
+    let dev_dir = std::env::temp_dir().join(&db_name);
+    let api_port = free_port();
+    let dev = |arg: &str| {
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev"));
+        command
+            .arg(arg)
+            .env("DEV_DIR", &dev_dir)
+            .env("DB_NAME", &db_name)
+            .env("API_ADDR", format!("127.0.0.1:{api_port}"))
+            .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("REDIS_PREFIX", &db_name)
+            .env_remove("DATABASE_URL");
+        // The server the tests use, without its database name.
+        let url = reviews_db::testing::url_of(&admin);
+        let server = url
+            .strip_suffix("/postgres")
+            .expect("a URL ending in the database name");
+        command.env("DATABASE_URL", format!("{server}/{db_name}"));
+        command.output().unwrap()
+    };
+
+    let up = dev("up");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{api_port}/graphql")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Token:") && stdout.contains("scripts/dev down"),
+        "{stdout}"
+    );
+    let products = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{api_port}/graphql"))
+        .json(&serde_json::json!({"query": "{ products { edges { node { name } } } }"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        products.contains("Espresso machine"),
+        "the demo catalogue: {products}"
+    );
+
+    let again = dev("up");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already runs"));
+
+    let down = dev("down");
+    assert!(down.status.success());
+    let status = String::from_utf8_lossy(&dev("status").stdout).into_owned();
+    assert!(
+        status.contains("api: stopped") && status.contains("worker: stopped"),
+        "{status}"
+    );
+
+    let client = {
+        let (client, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    client
+        .batch_execute(&format!("drop database if exists {db_name} with (force)"))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dev_dir);
+}
