@@ -22,6 +22,13 @@ pub struct Claims {
     pub role: Role,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch (optional; honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// The signing secret, ready to sign and verify.
@@ -30,21 +37,52 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 /// Longest `sub` we accept; it is stored as an author or owner id.
 const MAX_SUBJECT_LEN: usize = 200;
 
+/// Longest token we try to decode, in bytes: anything larger is refused unread.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
 impl TokenKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        // Seconds of clock difference tolerated on exp and nbf.
         validation.leeway = 5;
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            issuer: None,
+            audience: None,
         }
+    }
+
+    /// Requires tokens to carry this issuer (`iss`), when set.
+    pub fn with_issuer(mut self, issuer: Option<&str>) -> Self {
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            self.validation.required_spec_claims.insert("iss".into());
+            self.issuer = Some(issuer.to_owned());
+        }
+        self
+    }
+
+    /// Requires tokens to carry this audience (`aud`), when set.
+    pub fn with_audience(mut self, audience: Option<&str>) -> Self {
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            self.validation.required_spec_claims.insert("aud".into());
+            self.audience = Some(audience.to_owned());
+        }
+        self
     }
 
     /// Signs a token for `sub` that expires after `ttl`.
@@ -54,6 +92,9 @@ impl TokenKeys {
             sub: sub.to_owned(),
             role,
             exp,
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -64,9 +105,15 @@ impl TokenKeys {
 
     /// Checks a token's signature, algorithm and expiry.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err("invalid token: too large".into());
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    "token not yet valid".to_owned()
+                }
                 _ => "invalid token".to_owned(),
             })?;
         let claims = data.claims;

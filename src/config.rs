@@ -51,12 +51,104 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:3000"
     )]
     pub api_addr: SocketAddr,
+    /// `production` turns off GraphiQL, introspection and field suggestions.
+    #[arg(
+        long = "app-env",
+        env = "APP_ENV",
+        value_name = "APP_ENV",
+        default_value = "development"
+    )]
+    pub app_env: AppEnv,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub limits: Limits,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// What one request may ask for, and how often mutations may come.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Deepest selection nesting a query may have.
+    #[arg(
+        long = "graphql-max-depth",
+        env = "GRAPHQL_MAX_DEPTH",
+        value_name = "GRAPHQL_MAX_DEPTH",
+        default_value_t = 12
+    )]
+    pub max_depth: usize,
+    /// Most complexity a query may have: each field counts 1, a list counts its page size
+    /// (`first`) times its children.
+    #[arg(
+        long = "graphql-max-complexity",
+        env = "GRAPHQL_MAX_COMPLEXITY",
+        value_name = "GRAPHQL_MAX_COMPLEXITY",
+        default_value_t = 5_000
+    )]
+    pub max_complexity: usize,
+    /// Most aliased fields in one request.
+    #[arg(
+        long = "graphql-max-aliases",
+        env = "GRAPHQL_MAX_ALIASES",
+        value_name = "GRAPHQL_MAX_ALIASES",
+        default_value_t = 30
+    )]
+    pub max_aliases: usize,
+    /// Most directives on one field.
+    #[arg(
+        long = "graphql-max-directives",
+        env = "GRAPHQL_MAX_DIRECTIVES",
+        value_name = "GRAPHQL_MAX_DIRECTIVES",
+        default_value_t = 5
+    )]
+    pub max_directives: usize,
+    /// Longest a request may take before it is cancelled (e.g. 10s, 500ms).
+    #[arg(long = "api-request-timeout", env = "API_REQUEST_TIMEOUT", value_name = "API_REQUEST_TIMEOUT",
+          default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Mutations one user may send per minute (0 turns the limit off).
+    #[arg(
+        long = "rate-limit-user-per-minute",
+        env = "RATE_LIMIT_USER_PER_MINUTE",
+        value_name = "RATE_LIMIT_USER_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub mutations_per_user_per_minute: u32,
+    /// Mutations one client IP may send per minute (0 turns the limit off).
+    #[arg(
+        long = "rate-limit-ip-per-minute",
+        env = "RATE_LIMIT_IP_PER_MINUTE",
+        value_name = "RATE_LIMIT_IP_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub mutations_per_ip_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 12,
+            max_complexity: 5_000,
+            max_aliases: 30,
+            max_directives: 5,
+            request_timeout: std::time::Duration::from_secs(10),
+            mutations_per_user_per_minute: 120,
+            mutations_per_ip_per_minute: 600,
+        }
+    }
+}
+
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 10s)"))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +161,29 @@ pub struct AuthArgs {
         hide_env_values = true
     )]
     pub auth_jwt_secret: Option<String>,
+    /// When set, tokens must carry this `iss` claim.
+    #[arg(
+        long = "auth-jwt-issuer",
+        env = "AUTH_JWT_ISSUER",
+        value_name = "AUTH_JWT_ISSUER"
+    )]
+    pub auth_jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud` claim.
+    #[arg(
+        long = "auth-jwt-audience",
+        env = "AUTH_JWT_AUDIENCE",
+        value_name = "AUTH_JWT_AUDIENCE"
+    )]
+    pub auth_jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    /// The token rules these settings describe.
+    pub fn token_keys(&self) -> anyhow::Result<crate::auth::TokenKeys> {
+        Ok(crate::auth::TokenKeys::new(self.secret()?.as_bytes())
+            .with_issuer(self.auth_jwt_issuer.as_deref())
+            .with_audience(self.auth_jwt_audience.as_deref()))
+    }
 }
 
 /// Shortest secret we accept: HS256 wants at least as many bytes as its output.

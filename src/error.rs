@@ -56,6 +56,9 @@ fn constraint_error(constraint: &str) -> Option<ApiError> {
         "reviews_body_length" => ApiError::bad_input("body must be between 1 and 10000 characters"),
         "reviews_product_id_fkey" => ApiError::NotFound("product not found".into()),
         "products_name_length" => ApiError::bad_input("name must be between 1 and 200 characters"),
+        "retry_policies_max_not_below_base" => {
+            ApiError::bad_input("maxDelayMs must not be below baseDelayMs")
+        }
         _ => return None,
     };
     Some(error)

@@ -8,6 +8,7 @@
 //! - `telemetry`: logging.
 //! - `http`: routes, request ids, readiness.
 //! - `auth`: bearer tokens and roles.
+//! - `limits`, `rate_limit`: what one request may ask for, how often mutations may come.
 //! - `graphql`: the schema (queries, mutations, types, loaders).
 //! - `graphiql`: the GraphiQL page and its embedded assets (works offline).
 //! - `error`: `ApiError` and the codes clients see.
@@ -19,7 +20,9 @@ pub mod error;
 pub mod graphiql;
 pub mod graphql;
 pub mod http;
+pub mod limits;
 pub mod metrics;
+pub mod rate_limit;
 pub mod telemetry;
 
 use std::future::Future;
@@ -29,8 +32,9 @@ use anyhow::Context as _;
 use reviews_db::Db;
 
 use crate::auth::TokenKeys;
-use crate::config::ServeArgs;
+use crate::config::{AppEnv, Limits, ServeArgs};
 use crate::http::AppState;
+use crate::rate_limit::MutationLimits;
 
 /// A running server: where it listens and the task to await until it has shut down.
 pub struct Server {
@@ -44,23 +48,63 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
-    let keys = TokenKeys::new(args.auth.secret()?.as_bytes());
+    let settings = ApiSettings {
+        keys: args.auth.token_keys()?,
+        limits: args.limits.clone(),
+        app_env: args.app_env,
+    };
     let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
-    serve(db, keys, args.api_addr, shutdown).await
+    serve(db, settings, args.api_addr, shutdown).await
+}
+
+/// What the API needs besides its database and address.
+#[derive(Clone)]
+pub struct ApiSettings {
+    pub keys: TokenKeys,
+    pub limits: Limits,
+    pub app_env: AppEnv,
+}
+
+impl ApiSettings {
+    /// Development settings with the default limits.
+    pub fn development(keys: TokenKeys) -> Self {
+        ApiSettings {
+            keys,
+            limits: Limits::default(),
+            app_env: AppEnv::Development,
+        }
+    }
 }
 
 /// [`run`] with its parts built: tests pass their own database handle to watch it.
 pub async fn serve(
     db: Db,
-    keys: TokenKeys,
+    settings: ApiSettings,
     api_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
     metrics::handle();
+    let mutation_limits = MutationLimits::new(
+        settings.limits.mutations_per_user_per_minute,
+        settings.limits.mutations_per_ip_per_minute,
+    );
+    tokio::spawn({
+        let limits = mutation_limits.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.forget_idle();
+            }
+        }
+    });
     let state = AppState {
-        schema: graphql::build_schema(db.clone()),
+        schema: graphql::build_schema(db.clone(), &settings.limits, settings.app_env),
         db,
-        keys,
+        keys: settings.keys,
+        limits: settings.limits,
+        mutation_limits,
+        app_env: settings.app_env,
     };
     let (addr, serving) = warp::serve(http::routes(state))
         .try_bind_with_graceful_shutdown(api_addr, shutdown)

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use reviews_api::auth::TokenKeys;
-use reviews_api::config::{Cli, Command};
+use reviews_api::config::{AppEnv, Cli, Command, Limits};
 use reviews_api::{graphql, telemetry};
 
 #[tokio::main]
@@ -33,11 +32,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::PrintSchema) => {
             let db = reviews_db::Db::connect_lazy(tokio_postgres::Config::new(), 1);
-            print!("{}", graphql::build_schema(db).sdl());
+            let schema = graphql::build_schema(db, &Limits::default(), AppEnv::Development);
+            print!("{}", schema.sdl());
             Ok(())
         }
         Some(Command::Token(args)) => {
-            let keys = TokenKeys::new(args.auth.secret()?.as_bytes());
+            let keys = args.auth.token_keys()?;
             println!(
                 "{}",
                 keys.mint(&args.sub, args.role, Duration::from_secs(args.ttl_secs))?

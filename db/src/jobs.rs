@@ -169,3 +169,55 @@ pub async fn replay_dead_job<C: AsClient>(
         .await?;
     Ok(row.get(0))
 }
+
+/// A row of `dead_jobs`.
+#[derive(Debug, Clone)]
+pub struct DeadJob {
+    pub id: i64,
+    pub job_id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub died_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// Dead letters, newest first; only open ones (not replayed) unless `include_replayed`.
+pub async fn list_dead_jobs<C: AsClient>(
+    db: &Sql<C>,
+    kind: Option<&str>,
+    include_replayed: bool,
+    limit: i64,
+) -> Result<Vec<DeadJob>, StoreError> {
+    let rows = db
+        .query(
+            "select id, job_id, kind, payload, attempts, last_error, died_at, replayed_at
+             from dead_jobs
+             where ($1::text is null or kind = $1) and ($2 or replayed_at is null)
+             order by died_at desc, id desc
+             limit $3",
+            &[&kind, &include_replayed, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeadJob {
+            id: r.get("id"),
+            job_id: r.get("job_id"),
+            kind: r.get("kind"),
+            payload: r.get("payload"),
+            attempts: r.get("attempts"),
+            last_error: r.get("last_error"),
+            died_at: r.get("died_at"),
+            replayed_at: r.get("replayed_at"),
+        })
+        .collect())
+}
+
+pub async fn dead_job_exists<C: AsClient>(db: &Sql<C>, id: i64) -> Result<bool, StoreError> {
+    Ok(db
+        .query_opt("select 1 from dead_jobs where id = $1", &[&id])
+        .await?
+        .is_some())
+}

@@ -35,3 +35,45 @@ pub async fn load_retry_policies<C: AsClient>(
         })
         .collect())
 }
+
+/// Changes a kind's policy; `None` fields keep their value. Returns the new row, or `None`
+/// for an unknown kind. The table's checks (max not below base, jitter in 0..1, …) hold.
+pub async fn update_retry_policy<C: AsClient>(
+    db: &Sql<C>,
+    kind: &str,
+    max_attempts: Option<i32>,
+    base_delay_ms: Option<i64>,
+    multiplier: Option<f64>,
+    max_delay_ms: Option<i64>,
+    jitter: Option<f64>,
+) -> Result<Option<RetryPolicyRow>, StoreError> {
+    let row = db
+        .query_opt(
+            "update retry_policies set
+                 max_attempts = coalesce($2, max_attempts),
+                 base_delay_ms = coalesce($3, base_delay_ms),
+                 multiplier = coalesce($4, multiplier),
+                 max_delay_ms = coalesce($5, max_delay_ms),
+                 jitter = coalesce($6, jitter),
+                 updated_at = now()
+             where kind = $1
+             returning kind, max_attempts, base_delay_ms, multiplier, max_delay_ms, jitter",
+            &[
+                &kind,
+                &max_attempts,
+                &base_delay_ms,
+                &multiplier,
+                &max_delay_ms,
+                &jitter,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| RetryPolicyRow {
+        kind: r.get("kind"),
+        max_attempts: r.get("max_attempts"),
+        base_delay_ms: r.get("base_delay_ms"),
+        multiplier: r.get("multiplier"),
+        max_delay_ms: r.get("max_delay_ms"),
+        jitter: r.get("jitter"),
+    }))
+}

@@ -60,6 +60,13 @@ pub fn page_request(first: Option<i32>, after: Option<&str>) -> Result<PageReque
     })
 }
 
+/// The complexity of a page: its size (the default when `first` is absent, at least 1)
+/// times what each node asks for, plus the connection itself.
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let size = first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize;
+    size * child_complexity + 1
+}
+
 /// Parses a GraphQL `ID` that must be a UUID; `what` names it in the error.
 pub fn parse_id(id: &async_graphql::ID, what: &str) -> Result<Uuid, ApiError> {
     id.parse::<Uuid>()

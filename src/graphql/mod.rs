@@ -1,12 +1,14 @@
 //! The GraphQL schema: queries, mutations, their types, and the per-request context.
 //!
 //! # Layout
-//! - `query`, `mutation`: the root operations.
+//! - `query`, `mutation`: the root operations on reviews; `admin`: dead letters and retry
+//!   policies, admin only.
 //! - `types`: Product, Review, RatingSummary, Notification and the connection helper.
 //! - `input`: mutation inputs and their validation.
 //! - `cursor`: opaque cursors, page sizes and ids.
 //! - `loaders`: DataLoaders that batch `Review.product` and `Product.rating`.
 
+mod admin;
 mod cursor;
 mod input;
 mod loaders;
@@ -19,9 +21,15 @@ use async_graphql::{EmptySubscription, Schema};
 use reviews_db::Db;
 
 use crate::auth::Auth;
+use crate::config::{AppEnv, Limits};
 pub use loaders::{ProductLoader, RatingLoader};
-pub use mutation::Mutation;
-pub use query::Query;
+/// Every query: the reviews' and the admin's.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Query(query::ReviewQuery, admin::AdminQuery);
+
+/// Every mutation: the reviews' and the admin's.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Mutation(mutation::ReviewMutation, admin::AdminMutation);
 
 pub type ReviewsSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -31,12 +39,20 @@ pub struct RequestId(pub String);
 
 /// Builds the schema. The database handle is shared; per-request data (auth, request id,
 /// DataLoaders) is added by [`request_data`].
-pub fn build_schema(db: Db) -> ReviewsSchema {
-    Schema::build(Query, Mutation, EmptySubscription)
+pub fn build_schema(db: Db, limits: &Limits, app_env: AppEnv) -> ReviewsSchema {
+    let builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(db)
-        .limit_depth(12)
-        .limit_complexity(5_000)
-        .finish()
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_directives(limits.max_directives)
+        .limit_recursive_depth(32);
+    match app_env {
+        AppEnv::Development => builder.finish(),
+        AppEnv::Production => builder
+            .disable_introspection()
+            .disable_suggestions()
+            .finish(),
+    }
 }
 
 /// Attaches what one request needs: who is calling, its id, and fresh DataLoaders (their

@@ -13,7 +13,9 @@ use super::RequestId;
 use crate::auth::{Auth, Claims, Role};
 use crate::error::{ApiError, ApiResult};
 
-pub struct Mutation;
+/// Writes of products and reviews.
+#[derive(Default)]
+pub struct ReviewMutation;
 
 fn actor(ctx: &Context<'_>, user: &Claims) -> Actor {
     Actor {
@@ -23,7 +25,7 @@ fn actor(ctx: &Context<'_>, user: &Claims) -> Actor {
 }
 
 #[Object]
-impl Mutation {
+impl ReviewMutation {
     /// Creates a product owned by the caller.
     async fn create_product(
         &self,

@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object, ID};
 use reviews_db::{notifications, products, reviews, Db};
 
-use super::cursor::{page_request, parse_id};
+use super::cursor::{page_complexity, page_request, parse_id};
 use super::types::{
     connection, prime_page_of_products, prime_page_of_reviews, review_position, Notification,
     Paged, Product, Review,
@@ -12,10 +12,12 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use reviews_db::page::Position;
 
-pub struct Query;
+/// Reads of products, reviews and notifications.
+#[derive(Default)]
+pub struct ReviewQuery;
 
 #[Object]
-impl Query {
+impl ReviewQuery {
     /// One product by id; NOT_FOUND when there is none.
     async fn product(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Product>> {
         let id = parse_id(&id, "product")?;
@@ -27,6 +29,7 @@ impl Query {
     }
 
     /// All products, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn products(
         &self,
         ctx: &Context<'_>,
@@ -56,6 +59,7 @@ impl Query {
     }
 
     /// A product's reviews, newest first; NOT_FOUND when the product does not exist.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn reviews(
         &self,
         ctx: &Context<'_>,
@@ -77,6 +81,7 @@ impl Query {
     }
 
     /// The caller's notifications, newest first. Needs a bearer token.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn notifications(
         &self,
         ctx: &Context<'_>,

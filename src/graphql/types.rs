@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use reviews_db::page::{Page, Position};
 use reviews_db::Db;
 
-use super::cursor::{encode_cursor, page_request};
+use super::cursor::{encode_cursor, page_complexity, page_request};
 use super::loaders::{Products, Ratings};
 use crate::error::{ApiError, ApiResult};
 
@@ -66,6 +66,7 @@ impl Product {
     }
 
     /// The product's reviews, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn reviews(
         &self,
         ctx: &Context<'_>,

@@ -12,4 +12,5 @@ mod pipeline;
 mod products;
 mod proxy;
 mod reviews;
+mod security;
 mod support;

@@ -489,3 +489,74 @@ async fn scripts_dev_brings_the_stack_up_twice_safely_and_down_again() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dev_dir);
 }
+
+#[tokio::test]
+async fn the_application_role_may_read_and_write_data_but_is_refused_ddl() {
+    let ops = Ops::new().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (owner, app) = (format!("owner_{suffix}"), format!("app_{suffix}"));
+    let out = ops.ok(
+        "db-roles",
+        &[
+            "--owner-role",
+            &owner,
+            "--app-role",
+            &app,
+            "--statement-timeout",
+            "3s",
+        ],
+    );
+    assert!(out.contains("roles ready"), "{out}");
+
+    let mut config = ops.database.config.clone();
+    config.user(&app);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Data: yes, through the same statements the API and worker use.
+    client.batch_execute(SEED).await.unwrap();
+    let sql = reviews_db::Sql::new(client, Default::default());
+    let batch = reviews_db::outbox::relay_pending_events(&sql, 100)
+        .await
+        .unwrap();
+    assert_eq!(batch.events, 3);
+    let timeout: String = sql
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "3s");
+    // Schema changes: no.
+    for ddl in [
+        "create table intruder (id int)",
+        "drop table reviews",
+        "truncate reviews",
+        "alter table reviews add column extra text",
+        "create index intruder_idx on reviews (title)",
+        "drop function replay_dead_job(bigint)",
+        "select * from schema_migrations",
+    ] {
+        let error = sql.execute(ddl, &[]).await.unwrap_err();
+        let denied = matches!(&error, reviews_db::StoreError::Postgres(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+        assert!(denied, "{ddl}: {error:?}");
+    }
+    drop(sql);
+
+    // Clean up the roles: the database goes first, it belongs to the owner role.
+    let admin = ops.database.config.clone();
+    let mut admin = admin;
+    admin.dbname("postgres");
+    let (admin, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "drop database if exists {} with (force)",
+            ops.database.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("drop role {app}; drop role {owner}"))
+        .await
+        .unwrap();
+}

@@ -1,19 +1,25 @@
-//! HTTP routes (warp): `POST /graphql`, the GraphiQL page on `GET /graphql`, `/healthz` and
-//! `/readyz`.
+//! HTTP routes (warp): `/graphql` (POST for everything, GET for queries and the GraphiQL
+//! page), the GraphiQL assets, `/healthz`, `/readyz` and `/metrics`.
+//!
+//! # Layout
+//! - `graphql`: the GraphQL endpoint: CSRF rules, request limits, rate limits, timeouts and
+//!   how errors are shaped.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_graphql::ErrorExtensions;
-use bytes::Bytes;
 use reviews_db::Db;
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use crate::auth::{Auth, TokenKeys};
-use crate::graphql::{request_data, RequestId, ReviewsSchema};
+mod graphql;
+
+use crate::auth::TokenKeys;
+use crate::config::{AppEnv, Limits};
+use crate::graphql::{RequestId, ReviewsSchema};
+use crate::rate_limit::MutationLimits;
 
 /// Largest request body we read, in bytes.
 pub const MAX_BODY_BYTES: u64 = 256 * 1024;
@@ -26,6 +32,9 @@ pub struct AppState {
     pub schema: ReviewsSchema,
     pub db: Db,
     pub keys: TokenKeys,
+    pub limits: Limits,
+    pub mutation_limits: MutationLimits,
+    pub app_env: AppEnv,
 }
 
 /// Every route of the API.
@@ -36,16 +45,19 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::path::end())
         .and(warp::post())
         .and(with_state.clone())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("x-request-id"))
+        .and(graphql::caller())
+        .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .then(execute_graphql);
+        .then(graphql::post);
 
-    let graphiql = warp::path("graphql")
+    let graphql_get = warp::path("graphql")
         .and(warp::path::end())
         .and(warp::get())
-        .map(crate::graphiql::page);
+        .and(with_state.clone())
+        .and(graphql::caller())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .then(graphql::get);
 
     let graphiql_assets =
         warp::path!("graphiql" / String)
@@ -78,7 +90,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .then(readiness);
 
     graphql_post
-        .or(graphiql)
+        .or(graphql_get)
         .unify()
         .or(graphiql_assets)
         .unify()
@@ -121,7 +133,7 @@ fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// A request id from the client when it looks like one, else a fresh one.
-fn request_id(header: Option<String>) -> RequestId {
+pub(crate) fn request_id(header: Option<String>) -> RequestId {
     match header {
         Some(id)
             if !id.is_empty()
@@ -137,7 +149,7 @@ fn request_id(header: Option<String>) -> RequestId {
 }
 
 /// A GraphQL-shaped error body for requests that never reached the executor.
-fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
@@ -149,108 +161,24 @@ fn error_response(
     response
 }
 
-fn set_request_id(response: &mut Response, request_id: &RequestId) {
+pub(crate) fn set_request_id(response: &mut Response, request_id: &RequestId) {
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         response.headers_mut().insert("x-request-id", value);
     }
 }
 
-async fn execute_graphql(
-    state: AppState,
-    authorization: Option<String>,
-    request_id_header: Option<String>,
-    body: Bytes,
-) -> Response {
-    let request_id = request_id(request_id_header);
-    let started = Instant::now();
-    let request = match serde_json::from_slice::<async_graphql::Request>(&body) {
-        Ok(request) if is_blank(&request.query) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "the body must be a JSON object with a non-empty `query` string",
-                &request_id,
-            );
-        }
-        Ok(request) => request,
-        Err(error) => {
-            let message = if body.first() == Some(&b'[') {
-                "batched requests are not supported: send one operation per request".to_owned()
-            } else {
-                format!("the body must be a JSON object with a `query` string: {error}")
-            };
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                &message,
-                &request_id,
-            );
-        }
-    };
-    let auth = Auth::from_header(&state.keys, authorization.as_deref());
-    let operation = request.operation_name.clone().unwrap_or_default();
-    let request = request_data(request, &state.db, auth, request_id.clone());
-    let mut response = state.schema.execute(request).await;
-
-    // Errors raised before any resolver ran (syntax, unknown fields, wrong argument types)
-    // are the client's: give them the input code so every error carries one.
-    for error in &mut response.errors {
-        let has_code = error
-            .extensions
-            .as_ref()
-            .is_some_and(|e| e.get("code").is_some());
-        if !has_code {
-            let extended = async_graphql::Error::new(error.message.clone())
-                .extend_with(|_, e| e.set("code", "BAD_USER_INPUT"));
-            error.extensions = extended.extensions;
-        }
-    }
-    let outcome = if response.errors.is_empty() {
-        "ok"
-    } else {
-        "error"
-    };
-    metrics::counter!("graphql_operations_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("graphql_operation_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
-    for error in &response.errors {
-        let code = error
-            .extensions
-            .as_ref()
-            .and_then(|e| e.get("code"))
-            .and_then(|v| match v {
-                async_graphql::Value::String(s) => Some(error_code_label(s)),
-                _ => None,
-            })
-            .unwrap_or("INTERNAL");
-        metrics::counter!("graphql_errors_total", "code" => code).increment(1);
-    }
-    tracing::info!(
-        request.id = %request_id.0,
-        graphql.operation = %operation,
-        graphql.errors = response.errors.len(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "graphql request"
-    );
-    let mut reply = warp::reply::json(&response).into_response();
-    set_request_id(&mut reply, &request_id);
-    reply
-}
-
 /// Our error codes as static labels (anything else counts as INTERNAL).
-fn error_code_label(code: &str) -> &'static str {
+pub(crate) fn error_code_label(code: &str) -> &'static str {
     match code {
         "BAD_USER_INPUT" => "BAD_USER_INPUT",
         "UNAUTHENTICATED" => "UNAUTHENTICATED",
         "FORBIDDEN" => "FORBIDDEN",
         "NOT_FOUND" => "NOT_FOUND",
         "CONFLICT" => "CONFLICT",
+        "RATE_LIMITED" => "RATE_LIMITED",
+        "TIMEOUT" => "TIMEOUT",
         _ => "INTERNAL",
     }
-}
-
-fn is_blank(query: &str) -> bool {
-    query.trim().is_empty()
 }
 
 async fn readiness(state: AppState) -> Response {

@@ -1,0 +1,250 @@
+//! The GraphQL endpoint.
+//!
+//! - CSRF: `POST` must say `content-type: application/json` (so a plain HTML form or a
+//!   `text/plain` body cannot reach it); `GET` may run queries only, never mutations.
+//! - Limits before execution: batches are refused, aliases are counted, mutations are rate
+//!   limited per user and per IP; depth, complexity and directives are limited by the schema.
+//! - Every request has a deadline; every error carries a code; INTERNAL errors carry the
+//!   request id, so a report can be matched with the log line that holds the detail.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use async_graphql::parser::types::OperationType;
+use async_graphql::ErrorExtensions;
+use bytes::Bytes;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::{error_code_label, error_response, request_id, set_request_id, AppState};
+use crate::auth::Auth;
+use crate::config::AppEnv;
+use crate::graphql::{request_data, RequestId};
+use crate::limits::inspect;
+
+/// Who is calling: the Authorization header, the client's request id and address.
+pub struct Caller {
+    authorization: Option<String>,
+    request_id: RequestId,
+    ip: Option<std::net::IpAddr>,
+}
+
+pub fn caller() -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("x-request-id"))
+        .and(warp::addr::remote())
+        .map(|authorization, id, remote: Option<SocketAddr>| Caller {
+            authorization,
+            request_id: request_id(id),
+            ip: remote.map(|r| r.ip()),
+        })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+}
+
+/// `POST /graphql`: one operation as a JSON object.
+pub async fn post(
+    state: AppState,
+    caller: Caller,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    let is_json = content_type
+        .as_deref()
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "POST /graphql needs content-type: application/json",
+            &caller.request_id,
+        );
+    }
+    let request = match serde_json::from_slice::<async_graphql::Request>(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let message = if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+                "batched requests are not supported: send one operation per request".to_owned()
+            } else {
+                format!("the body must be a JSON object with a `query` string: {error}")
+            };
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &message,
+                &caller.request_id,
+            );
+        }
+    };
+    execute(state, caller, Method::Post, request).await
+}
+
+/// `GET /graphql`: a query from the URL (`?query=…&variables=…&operationName=…`), or the
+/// GraphiQL page (development only) when there is none.
+pub async fn get(state: AppState, caller: Caller, params: HashMap<String, String>) -> Response {
+    let Some(query) = params.get("query") else {
+        return match state.app_env {
+            AppEnv::Development => crate::graphiql::page(),
+            AppEnv::Production => error_response(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "GraphiQL is off in production",
+                &caller.request_id,
+            ),
+        };
+    };
+    let mut request = async_graphql::Request::new(query.clone());
+    if let Some(name) = params.get("operationName") {
+        request = request.operation_name(name.clone());
+    }
+    if let Some(variables) = params.get("variables") {
+        match serde_json::from_str::<serde_json::Value>(variables) {
+            Ok(value) => request = request.variables(async_graphql::Variables::from_json(value)),
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "variables must be a JSON object",
+                    &caller.request_id,
+                )
+            }
+        }
+    }
+    execute(state, caller, Method::Get, request).await
+}
+
+async fn execute(
+    state: AppState,
+    caller: Caller,
+    method: Method,
+    request: async_graphql::Request,
+) -> Response {
+    let request_id = caller.request_id.clone();
+    let refuse =
+        |status, code: &str, message: &str| error_response(status, code, message, &request_id);
+    if request.query.trim().is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "the body must be a JSON object with a non-empty `query` string",
+        );
+    }
+    let auth = Auth::from_header(&state.keys, caller.authorization.as_deref());
+    if let Some(facts) = inspect(&request.query, request.operation_name.as_deref()) {
+        if facts.aliases > state.limits.max_aliases {
+            let message = format!(
+                "too many aliases: {} (at most {})",
+                facts.aliases, state.limits.max_aliases
+            );
+            return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+        }
+        if facts.introspects && state.app_env == AppEnv::Production {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "introspection is disabled",
+            );
+        }
+        if facts.operation == Some(OperationType::Mutation) {
+            if method == Method::Get {
+                return refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "BAD_USER_INPUT",
+                    "mutations must be sent with POST and content-type: application/json",
+                );
+            }
+            let user = match &auth {
+                Auth::User(claims) => Some(claims.sub.as_str()),
+                _ => None,
+            };
+            if let Err(wait) = state.mutation_limits.check(user, caller.ip) {
+                return rate_limited(wait, &request_id);
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let operation = request.operation_name.clone().unwrap_or_default();
+    let user_id = match &auth {
+        Auth::User(claims) => claims.sub.clone(),
+        _ => String::new(),
+    };
+    let request = request_data(request, &state.db, auth, request_id.clone());
+    let executed =
+        tokio::time::timeout(state.limits.request_timeout, state.schema.execute(request)).await;
+    let Ok(mut response) = executed else {
+        tracing::warn!(request.id = %request_id.0, "graphql request timed out");
+        metrics::counter!("graphql_errors_total", "code" => "TIMEOUT").increment(1);
+        let message = format!(
+            "the request took longer than {:?} and was cancelled",
+            state.limits.request_timeout
+        );
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TIMEOUT", &message);
+    };
+
+    for error in &mut response.errors {
+        let code = error
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(|v| match v {
+                async_graphql::Value::String(s) => Some(error_code_label(s)),
+                _ => None,
+            });
+        // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
+        // types, limits) are the client's: give them the input code so every error has one.
+        let code = code.unwrap_or("BAD_USER_INPUT");
+        let request_id = request_id.0.clone();
+        let extended = async_graphql::Error::new(error.message.clone()).extend_with(|_, e| {
+            e.set("code", code);
+            if code == "INTERNAL" {
+                e.set("requestId", request_id.clone());
+            }
+        });
+        error.extensions = extended.extensions;
+        metrics::counter!("graphql_errors_total", "code" => code).increment(1);
+    }
+    let outcome = if response.errors.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
+    metrics::counter!("graphql_operations_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("graphql_operation_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        request.id = %request_id.0,
+        user.id = %user_id,
+        graphql.operation = %operation,
+        graphql.errors = response.errors.len(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "graphql request"
+    );
+    let mut reply = warp::reply::json(&response).into_response();
+    set_request_id(&mut reply, &request_id);
+    reply
+}
+
+fn rate_limited(wait: std::time::Duration, request_id: &RequestId) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    metrics::counter!("graphql_errors_total", "code" => "RATE_LIMITED").increment(1);
+    let body = serde_json::json!({"errors": [{
+        "message": format!("too many mutations: try again in {seconds} s"),
+        "extensions": {"code": "RATE_LIMITED", "retryAfterSeconds": seconds},
+    }]});
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&body), StatusCode::TOO_MANY_REQUESTS)
+            .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(seconds));
+    set_request_id(&mut response, request_id);
+    response
+}

@@ -1,0 +1,126 @@
+//! Checks made on a request's document before it runs: which kind of operation it is (for
+//! the GET and rate-limit rules) and how many aliases it uses (alias overloading). Depth,
+//! complexity and directives are limited by the schema itself (`graphql::build_schema`).
+
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
+use async_graphql::Positioned;
+
+/// What a request's document says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentFacts {
+    /// The operation that would run; None when the name matches none (the executor says so).
+    pub operation: Option<OperationType>,
+    pub aliases: usize,
+    /// Whether it asks for `__schema` or `__type` (refused in production).
+    pub introspects: bool,
+}
+
+/// Reads the facts, or None when the document does not parse (the executor reports that).
+pub fn inspect(query: &str, operation_name: Option<&str>) -> Option<DocumentFacts> {
+    let document = async_graphql::parser::parse_query(query).ok()?;
+    Some(DocumentFacts {
+        operation: operation_type(&document, operation_name),
+        aliases: count_aliases(&document),
+        introspects: introspects(&document),
+    })
+}
+
+fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
+        // Several operations and no name: the executor refuses it.
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
+fn count_aliases(document: &ExecutableDocument) -> usize {
+    let operations: usize = document
+        .operations
+        .iter()
+        .map(|(_, op)| aliases_in(&op.node.selection_set))
+        .sum();
+    let fragments: usize = document
+        .fragments
+        .values()
+        .map(|f| aliases_in(&f.node.selection_set))
+        .sum();
+    operations + fragments
+}
+
+fn introspects(document: &ExecutableDocument) -> bool {
+    let in_set = |set: &Positioned<SelectionSet>| fields_named(set, &["__schema", "__type"]);
+    document
+        .operations
+        .iter()
+        .any(|(_, op)| in_set(&op.node.selection_set))
+        || document
+            .fragments
+            .values()
+            .any(|f| in_set(&f.node.selection_set))
+}
+
+fn fields_named(set: &Positioned<SelectionSet>, names: &[&str]) -> bool {
+    set.node.items.iter().any(|item| match &item.node {
+        Selection::Field(field) => {
+            names.contains(&field.node.name.node.as_str())
+                || fields_named(&field.node.selection_set, names)
+        }
+        Selection::InlineFragment(fragment) => fields_named(&fragment.node.selection_set, names),
+        Selection::FragmentSpread(_) => false,
+    })
+}
+
+fn aliases_in(set: &Positioned<SelectionSet>) -> usize {
+    set.node
+        .items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(field) => {
+                usize::from(field.node.alias.is_some()) + aliases_in(&field.node.selection_set)
+            }
+            Selection::InlineFragment(fragment) => aliases_in(&fragment.node.selection_set),
+            Selection::FragmentSpread(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_counted_in_operations_and_fragments() {
+        let facts = inspect(
+            "query { a: products { edges { b: cursor } } ...F } fragment F on Query { c: products { edges { cursor } } }",
+            None,
+        )
+        .unwrap();
+        assert_eq!(facts.aliases, 3);
+        assert!(!facts.introspects);
+        assert!(
+            inspect("{ a: __type(name: \"Query\") { name } }", None)
+                .unwrap()
+                .introspects
+        );
+        assert_eq!(facts.operation, Some(OperationType::Query));
+    }
+
+    #[test]
+    fn the_named_operation_decides_the_kind() {
+        let doc =
+            "query Q { products { edges { cursor } } } mutation M { deleteReview(id: \"x\") }";
+        assert_eq!(
+            inspect(doc, Some("M")).unwrap().operation,
+            Some(OperationType::Mutation)
+        );
+        assert_eq!(
+            inspect(doc, Some("Q")).unwrap().operation,
+            Some(OperationType::Query)
+        );
+        assert_eq!(inspect(doc, None).unwrap().operation, None);
+        assert!(inspect("{ broken", None).is_none());
+    }
+}
