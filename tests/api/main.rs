@@ -5,6 +5,7 @@ mod bad_input;
 mod batching;
 mod browser;
 mod concurrency;
+mod hostile;
 mod http;
 mod migrations;
 mod pagination;
