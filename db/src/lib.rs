@@ -14,6 +14,7 @@
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
 //! - `outbox`: claiming events into jobs (the relay's statement) and the doorbell.
 //! - `jobs`: job attempts, retries, dead letters and replay; `retry_policies`: schedules.
+//! - `webhooks`: endpoints and their delivery records.
 //! - `testing` (feature): per-test databases cloned from a migrated template.
 
 pub mod config;
@@ -29,6 +30,7 @@ pub mod reviews;
 pub mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhooks;
 
 pub use config::{Db, DbArgs};
 pub use sql::{Sql, StoreError};

@@ -14,8 +14,10 @@ pub struct RelayedBatch {
 /// Claims up to `limit` pending events (skipping rows other workers hold), creates the jobs
 /// they imply and marks them relayed, all in one statement (and so one transaction).
 ///
-/// Every event notifies the product's owner; every product touched gets one rating
-/// recompute, merged with a pending one that has not started yet.
+/// Every event notifies the product's owner and is delivered to each active webhook that
+/// wants its type; every product touched gets one rating recompute, merged with a pending one
+/// that has not started yet. The relayed event ids are announced on `review_events` (for the
+/// API's live subscriptions), in the same transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
     limit: i64,
@@ -23,7 +25,8 @@ pub async fn relay_pending_events<C: AsClient>(
     let row = db
         .query_one(
             "with claimed as (
-                 select id, event_id, event_type, review_id, product_id, payload, actor_id, request_id
+                 select id, event_id, event_type, review_id, product_id, payload, actor_id,
+                        request_id, occurred_at
                  from outbox
                  where relayed_at is null
                  order by id
@@ -54,12 +57,30 @@ pub async fn relay_pending_events<C: AsClient>(
                                             'actor_id', c.actor_id, 'request_id', c.request_id)
                   from claimed c
                   order by c.product_id, c.id desc)
+                 union all
+                 (select 'deliver_webhook', c.event_id, null,
+                         jsonb_build_object(
+                             'webhook_id', w.id,
+                             'event_id', c.event_id,
+                             'event_type', c.event_type,
+                             'occurred_at', c.occurred_at,
+                             'data', c.payload,
+                             'request_id', c.request_id)
+                  from claimed c
+                  join webhooks w on c.event_type = any (w.event_types)
+                  where not w.paused and w.disabled_at is null)
                  on conflict (kind, coalesce_key)
                      where status = 'pending' and attempts = 0 and coalesce_key is not null
                      do nothing
                  returning id
              )
+             , announced as (
+                 select pg_notify('review_events', string_agg(c.event_id::text, ','))
+                 from claimed c
+                 group by c.id / 100
+             )
              select (select count(*) from relayed) as events,
+                    (select count(*) from announced) as announcements,
                     coalesce((select array_agg(id) from inserted), '{}') as job_ids",
             &[&limit],
         )

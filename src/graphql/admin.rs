@@ -8,7 +8,7 @@ use reviews_db::{jobs, retry_policies, Db};
 use crate::auth::{Auth, Claims, Role};
 use crate::error::{ApiError, ApiResult};
 
-fn require_admin<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Claims> {
+pub(super) fn require_admin<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Claims> {
     let user = ctx.data_unchecked::<Auth>().user()?;
     if user.role != Role::Admin {
         return Err(ApiError::Forbidden("this operation is for admins".into()));

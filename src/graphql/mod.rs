@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - `query`, `mutation`: the root operations on reviews; `admin`: dead letters and retry
-//!   policies, admin only.
+//!   policies, admin only; `webhooks`: webhook endpoints and deliveries, admin only.
 //! - `types`: Product, Review, RatingSummary, Notification and the connection helper.
 //! - `input`: mutation inputs and their validation.
 //! - `cursor`: opaque cursors, page sizes and ids.
@@ -15,6 +15,7 @@ mod loaders;
 mod mutation;
 mod query;
 mod types;
+mod webhooks;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{EmptySubscription, Schema};
@@ -25,11 +26,19 @@ use crate::config::{AppEnv, Limits};
 pub use loaders::{ProductLoader, RatingLoader};
 /// Every query: the reviews' and the admin's.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct Query(query::ReviewQuery, admin::AdminQuery);
+pub struct Query(
+    query::ReviewQuery,
+    admin::AdminQuery,
+    webhooks::WebhookQuery,
+);
 
 /// Every mutation: the reviews' and the admin's.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct Mutation(mutation::ReviewMutation, admin::AdminMutation);
+pub struct Mutation(
+    mutation::ReviewMutation,
+    admin::AdminMutation,
+    webhooks::WebhookMutation,
+);
 
 pub type ReviewsSchema = Schema<Query, Mutation, EmptySubscription>;
 

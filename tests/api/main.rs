@@ -15,3 +15,4 @@ mod proxy;
 mod reviews;
 mod security;
 mod support;
+mod webhooks;

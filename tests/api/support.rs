@@ -225,6 +225,7 @@ impl TestApp {
                 poll_interval: Duration::from_millis(200),
                 ..Tuning::default()
             },
+            webhooks: Default::default(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             log_format: reviews_worker::telemetry::LogFormat::Text,
         };

@@ -34,6 +34,8 @@ pub struct WorkerArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub webhooks: crate::jobs::deliver_webhook::WebhookSettings,
     /// Where the worker serves Prometheus metrics (GET /metrics).
     #[arg(
         long = "worker-metrics-addr",
@@ -205,6 +207,6 @@ impl Tuning {
     }
 }
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 250ms, 5s, 1m)"))
 }

@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
                 args.metrics_addr
             )
         })?;
-    let worker = reviews_worker::start(&args, JobHandlers::standard(), shutdown_signal()).await?;
+    let worker = reviews_worker::start(
+        &args,
+        JobHandlers::standard().with_webhooks(args.webhooks.clone()),
+        shutdown_signal(),
+    )
+    .await?;
     worker.task.await?;
     tracing::info!("stopped");
     Ok(())

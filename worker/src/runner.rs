@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::jobs::{JobError, JobHandlers};
+use crate::jobs::{JobContext, JobError, JobHandlers};
 use crate::queue::{is_missing_group, Delivery, JobQueue};
 use crate::retry::{RetryPolicies, RetryPolicy};
 
@@ -264,7 +264,13 @@ impl Runner {
 
     /// Runs the handler in its own task: a panic or a timeout fails this job only.
     async fn run_with_timeout(&self, job: &StartedJob) -> RunOutcome {
-        let task = tokio::spawn(self.handlers.run(&self.db, &job.kind, job.payload.clone()));
+        let context = JobContext {
+            db: self.db.clone(),
+            job_id: job.id,
+            attempt: job.attempt,
+            payload: job.payload.clone(),
+        };
+        let task = tokio::spawn(self.handlers.run(&job.kind, context));
         let abort = task.abort_handle();
         match tokio::time::timeout(self.job_timeout, task).await {
             Ok(Ok(Ok(()))) => RunOutcome::Succeeded,
@@ -313,7 +319,23 @@ impl Runner {
                 record_run(&job.kind, "dead");
                 tracing::error!(error = %message, "job failed permanently; now a dead letter");
             }
-            RunOutcome::Failed(JobError::Retryable(error)) => {
+            RunOutcome::Failed(JobError::Deferred { after, reason }) => {
+                // Not an attempt: give it back, and run the job again later.
+                jobs::hand_back_job(&conn, job.id).await?;
+                jobs::schedule_retry(&conn, job.id, after.as_millis() as i64, &reason).await?;
+                self.queue.retry_later(delivery, after).await?;
+                self.retry_scheduled.notify_one();
+                record_run(&job.kind, "deferred");
+                tracing::debug!(%reason, "job deferred");
+            }
+            RunOutcome::Failed(
+                failure @ (JobError::Retryable(_) | JobError::RetryAfter { .. }),
+            ) => {
+                let (error, asked_after) = match failure {
+                    JobError::RetryAfter { after, error } => (error, Some(after)),
+                    JobError::Retryable(error) => (error, None),
+                    _ => unreachable!("matched above"),
+                };
                 let message = format!("{error:#}");
                 let policy = self.policies.for_kind(&job.kind);
                 if job.attempt >= policy.max_attempts {
@@ -323,7 +345,12 @@ impl Runner {
                     record_run(&job.kind, "dead");
                     tracing::error!(error = %message, "job used up its attempts; now a dead letter");
                 } else {
-                    let delay = policy.next_delay(job.attempt);
+                    // A Retry-After is honoured, but never beyond the policy's cap.
+                    let cap = Duration::from_millis(policy.max_delay_ms.max(0) as u64);
+                    let delay = match asked_after {
+                        Some(after) => policy.next_delay(job.attempt).max(after).min(cap),
+                        None => policy.next_delay(job.attempt),
+                    };
                     jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &message).await?;
                     self.queue.retry_later(delivery, delay).await?;
                     self.retry_scheduled.notify_one();

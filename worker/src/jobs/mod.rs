@@ -2,6 +2,7 @@
 //! the queue delivers at least once, so running a job twice must change nothing more than
 //! running it once.
 
+pub mod deliver_webhook;
 pub mod notify_owner;
 pub mod recompute_rating;
 
@@ -21,6 +22,30 @@ pub enum JobError {
     /// Will never work (a payload it cannot read, an unknown kind): dead letter at once.
     #[error("{0:#}")]
     Permanent(anyhow::Error),
+    /// Might work later, and the other side said when (`Retry-After`): retry no sooner,
+    /// within the policy's cap.
+    #[error("{error:#}")]
+    RetryAfter {
+        after: std::time::Duration,
+        error: anyhow::Error,
+    },
+    /// Not this job's fault and not an attempt: run it again after `after` (an endpoint is
+    /// busy with its concurrency limit).
+    #[error("deferred: {reason}")]
+    Deferred {
+        after: std::time::Duration,
+        reason: String,
+    },
+}
+
+/// What a handler gets: the database, and the job it runs.
+#[derive(Clone)]
+pub struct JobContext {
+    pub db: Db,
+    pub job_id: i64,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+    pub payload: Value,
 }
 
 impl From<reviews_db::StoreError> for JobError {
@@ -36,7 +61,8 @@ pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<
 }
 
 /// A job handler: takes the database and the job's payload.
-pub type Handler = Arc<dyn Fn(Db, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// Which handler runs which kind of job. Tests add kinds of their own (a job that always
 /// fails, one that panics) without touching the real ones.
@@ -51,32 +77,37 @@ impl JobHandlers {
         JobHandlers {
             by_kind: HashMap::new(),
         }
-        .with(recompute_rating::KIND, |db, payload| {
-            Box::pin(async move { recompute_rating::run(&db, &payload).await })
+        .with(recompute_rating::KIND, |job| {
+            Box::pin(async move { recompute_rating::run(&job.db, &job.payload).await })
         })
-        .with(notify_owner::KIND, |db, payload| {
-            Box::pin(async move { notify_owner::run(&db, &payload).await })
+        .with(notify_owner::KIND, |job| {
+            Box::pin(async move { notify_owner::run(&job.db, &job.payload).await })
+        })
+        .with_webhooks(deliver_webhook::WebhookSettings::default())
+    }
+
+    /// Delivers webhooks with these settings.
+    pub fn with_webhooks(self, settings: deliver_webhook::WebhookSettings) -> Self {
+        let sender = Arc::new(deliver_webhook::Sender::new(settings));
+        self.with(deliver_webhook::KIND, move |job| {
+            let sender = sender.clone();
+            Box::pin(async move { sender.deliver(&job).await })
         })
     }
 
     /// Adds (or replaces) the handler of `kind`.
     pub fn with<F>(mut self, kind: &str, handler: F) -> Self
     where
-        F: Fn(Db, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync + 'static,
+        F: Fn(JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync + 'static,
     {
         self.by_kind.insert(kind.to_owned(), Arc::new(handler));
         self
     }
 
     /// Runs one job of `kind`; an unknown kind fails permanently.
-    pub fn run(
-        &self,
-        db: &Db,
-        kind: &str,
-        payload: Value,
-    ) -> BoxFuture<'static, Result<(), JobError>> {
+    pub fn run(&self, kind: &str, job: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
         match self.by_kind.get(kind) {
-            Some(handler) => handler(db.clone(), payload),
+            Some(handler) => handler(job),
             None => {
                 let kind = kind.to_owned();
                 Box::pin(async move {

@@ -204,7 +204,7 @@ async fn on_shutdown_a_job_that_outlives_the_grace_is_handed_back_without_losing
     args.tuning.shutdown_grace = Duration::from_millis(200);
     args.tuning.job_timeout = Duration::from_secs(10);
     args.tuning.lease = Duration::from_secs(20);
-    let slow = JobHandlers::standard().with("test.slow", |_, _| {
+    let slow = JobHandlers::standard().with("test.slow", |_| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(())
@@ -241,7 +241,7 @@ async fn on_shutdown_a_job_that_outlives_the_grace_is_handed_back_without_losing
     );
 
     // Another worker picks the handed-back job up at once.
-    let fast = JobHandlers::standard().with("test.slow", |_, _| Box::pin(async { Ok(()) }));
+    let fast = JobHandlers::standard().with("test.slow", |_| Box::pin(async { Ok(()) }));
     let next = p.start_worker_with(p.args(), fast).await;
     p.wait_until_idle(Duration::from_secs(10)).await;
     next.stop().await;

@@ -7,3 +7,4 @@ mod flow;
 mod metrics;
 mod retries;
 mod support;
+mod webhooks;

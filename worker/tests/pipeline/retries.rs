@@ -50,7 +50,7 @@ async fn a_job_that_always_fails_retries_on_schedule_then_is_one_dead_letter_and
     let handlers = JobHandlers::standard().with("test.flaky", {
         let attempts_at = attempts_at.clone();
         let fixed = fixed.clone();
-        move |_, _| {
+        move |_| {
             attempts_at.lock().unwrap().push(Instant::now());
             let fixed = fixed.load(Ordering::SeqCst);
             Box::pin(async move {
@@ -138,7 +138,7 @@ async fn a_retry_policy_changed_in_the_table_applies_to_the_next_failure_without
     let runs = Arc::new(AtomicU32::new(0));
     let handlers = JobHandlers::standard().with("test.fails", {
         let runs = runs.clone();
-        move |_, _| {
+        move |_| {
             runs.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Err(JobError::Retryable(anyhow::anyhow!("no"))) })
         }
@@ -178,7 +178,7 @@ async fn a_job_that_panics_or_outlives_its_timeout_is_retried_while_other_jobs_k
     let handlers = JobHandlers::standard()
         .with("test.panics_once", {
             let panicked = panicked.clone();
-            move |_, _| {
+            move |_| {
                 let first = !panicked.swap(true, Ordering::SeqCst);
                 Box::pin(async move {
                     if first {
@@ -191,7 +191,7 @@ async fn a_job_that_panics_or_outlives_its_timeout_is_retried_while_other_jobs_k
         .with("test.hangs_once", {
             let hung = hung.clone();
             let hang_ended = hang_ended.clone();
-            move |_, _| {
+            move |_| {
                 let first = !hung.swap(true, Ordering::SeqCst);
                 let hang_ended = hang_ended.clone();
                 Box::pin(async move {
@@ -207,7 +207,7 @@ async fn a_job_that_panics_or_outlives_its_timeout_is_retried_while_other_jobs_k
         })
         .with("test.quick", {
             let finished = finished_during_hang.clone();
-            move |_, _| {
+            move |_| {
                 finished.lock().unwrap().push(Instant::now());
                 Box::pin(async { Ok(()) })
             }

@@ -74,6 +74,7 @@ impl TestPipeline {
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
             },
+            webhooks: Default::default(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             log_format: LogFormat::Text,
         }
