@@ -10,6 +10,7 @@
 //! - `auth`: bearer tokens and roles.
 //! - `limits`, `rate_limit`: what one request may ask for, how often mutations may come.
 //! - `graphql`: the schema (queries, mutations, types, loaders).
+//! - `live`: the LISTEN connection that feeds subscriptions.
 //! - `graphiql`: the GraphiQL page and its embedded assets (works offline).
 //! - `error`: `ApiError` and the codes clients see.
 //! - `metrics`: Prometheus counters and histograms, `GET /metrics`.
@@ -21,6 +22,7 @@ pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod rate_limit;
 pub mod telemetry;
@@ -34,6 +36,7 @@ use reviews_db::Db;
 use crate::auth::TokenKeys;
 use crate::config::{AppEnv, Limits, ServeArgs};
 use crate::http::AppState;
+use crate::live::LiveFeed;
 use crate::rate_limit::MutationLimits;
 
 /// A running server: where it listens and the task to await until it has shut down.
@@ -54,7 +57,8 @@ pub async fn run(
         app_env: args.app_env,
     };
     let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
-    serve(db, settings, args.api_addr, shutdown).await
+    let live = LiveFeed::start(args.db.pg_config(), db.clone());
+    serve(db, live, settings, args.api_addr, shutdown).await
 }
 
 /// What the API needs besides its database and address.
@@ -79,6 +83,7 @@ impl ApiSettings {
 /// [`run`] with its parts built: tests pass their own database handle to watch it.
 pub async fn serve(
     db: Db,
+    live: LiveFeed,
     settings: ApiSettings,
     api_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -99,7 +104,7 @@ pub async fn serve(
         }
     });
     let state = AppState {
-        schema: graphql::build_schema(db.clone(), &settings.limits, settings.app_env),
+        schema: graphql::build_schema(db.clone(), live, &settings.limits, settings.app_env),
         db,
         keys: settings.keys,
         limits: settings.limits,

@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::PrintSchema) => {
             let db = reviews_db::Db::connect_lazy(tokio_postgres::Config::new(), 1);
-            let schema = graphql::build_schema(db, &Limits::default(), AppEnv::Development);
+            let live = reviews_api::live::LiveFeed::idle();
+            let schema = graphql::build_schema(db, live, &Limits::default(), AppEnv::Development);
             print!("{}", schema.sdl());
             Ok(())
         }

@@ -149,3 +149,22 @@ pub async fn list_reviews_for_product<C: AsClient>(
         page,
     ))
 }
+
+/// The reviews created by these outbox events that still exist (for live subscriptions).
+pub async fn reviews_created_by_events<C: AsClient>(
+    db: &Sql<C>,
+    event_ids: &[Uuid],
+) -> Result<Vec<Review>, StoreError> {
+    let sql = format!(
+        "select {} from reviews r join outbox o on o.review_id = r.id
+         where o.event_id = any($1) and o.event_type = 'review.created'
+         order by o.id",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows = db.query(&sql, &[&event_ids]).await?;
+    Ok(rows.iter().map(Review::from).collect())
+}

@@ -248,3 +248,45 @@ fn rate_limited(wait: std::time::Duration, request_id: &RequestId) -> Response {
     set_request_id(&mut response, request_id);
     response
 }
+
+/// `GET /graphql` with a websocket upgrade: subscriptions. A token may come in the
+/// `connection_init` payload (`{"Authorization": "Bearer …"}` or `{"token": "…"}`); an
+/// invalid one closes the connection.
+pub fn subscribe(
+    ws: warp::ws::Ws,
+    protocol: async_graphql::http::WebSocketProtocols,
+    state: AppState,
+) -> Response {
+    let keys = state.keys.clone();
+    let db = state.db.clone();
+    let schema = state.schema.clone();
+    let reply = ws.on_upgrade(move |socket| {
+        async_graphql_warp::GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move {
+                let token = payload
+                    .get("Authorization")
+                    .or_else(|| payload.get("authorization"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        payload
+                            .get("token")
+                            .and_then(|v| v.as_str())
+                            .map(|t| format!("Bearer {t}"))
+                    });
+                let auth = Auth::from_header(&keys, token.as_deref());
+                if let Auth::Invalid(reason) = &auth {
+                    return Err(async_graphql::Error::new(reason.clone()));
+                }
+                let request_id = RequestId(uuid::Uuid::new_v4().to_string());
+                Ok(crate::graphql::connection_data(&db, auth, request_id))
+            })
+            .serve()
+    });
+    warp::reply::with_header(
+        reply,
+        "Sec-WebSocket-Protocol",
+        protocol.sec_websocket_protocol(),
+    )
+    .into_response()
+}

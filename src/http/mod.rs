@@ -51,6 +51,13 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::body::bytes())
         .then(graphql::post);
 
+    let subscriptions = warp::path("graphql")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(async_graphql_warp::graphql_protocol())
+        .and(with_state.clone())
+        .map(graphql::subscribe);
+
     let graphql_get = warp::path("graphql")
         .and(warp::path::end())
         .and(warp::get())
@@ -90,6 +97,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .then(readiness);
 
     graphql_post
+        .or(subscriptions)
+        .unify()
         .or(graphql_get)
         .unify()
         .or(graphiql_assets)

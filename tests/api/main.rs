@@ -14,5 +14,6 @@ mod products;
 mod proxy;
 mod reviews;
 mod security;
+mod subscriptions;
 mod support;
 mod webhooks;

@@ -45,8 +45,10 @@ impl TestApp {
     ) -> Self {
         let keys = settings.keys.clone();
         let (tx, rx) = oneshot::channel::<()>();
+        let live = reviews_api::live::LiveFeed::start(database.config.clone(), db.clone());
         let server = reviews_api::serve(
             db.clone(),
+            live,
             settings,
             "127.0.0.1:0".parse().unwrap(),
             async {

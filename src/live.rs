@@ -1,0 +1,185 @@
+//! The live feed behind GraphQL subscriptions: one LISTEN connection per API process (its
+//! own, not pooled; it reconnects with capped backoff) on `review_events` (event ids the
+//! worker relayed) and `rating_changed` (products whose summary was recomputed). Each
+//! notification is turned into an event once and fanned out in memory to every subscriber.
+//!
+//! Subscribers read from a bounded broadcast channel: one that falls behind by more than
+//! [`BUFFER`] events is dropped (its stream ends) rather than let memory grow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use reviews_db::ratings::RatingSummary;
+use reviews_db::reviews::Review;
+use reviews_db::Db;
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+/// Events a subscriber may fall behind by before it is dropped.
+pub const BUFFER: usize = 256;
+
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    ReviewAdded(Review),
+    RatingChanged(RatingSummary),
+}
+
+#[derive(Clone)]
+pub struct LiveFeed {
+    sender: broadcast::Sender<Arc<LiveEvent>>,
+}
+
+impl LiveFeed {
+    /// Starts listening in the background for as long as the process runs.
+    pub fn start(config: tokio_postgres::Config, db: Db) -> Self {
+        let (sender, _) = broadcast::channel(BUFFER);
+        let feed = LiveFeed { sender };
+        tokio::spawn(feed.clone().listen_forever(config, db));
+        feed
+    }
+
+    /// A feed that never hears anything (for printing the schema).
+    pub fn idle() -> Self {
+        let (sender, _) = broadcast::channel(1);
+        LiveFeed { sender }
+    }
+
+    /// The events from now on, ending if the subscriber falls more than [`BUFFER`] behind
+    /// (it is dropped rather than buffered without bound).
+    pub fn events(&self) -> impl futures::Stream<Item = Arc<LiveEvent>> {
+        until_lagging(self.sender.subscribe())
+    }
+
+    async fn listen_forever(self, mut config: tokio_postgres::Config, db: Db) {
+        config.application_name("reviews-api-live");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.listen(&config, &db).await {
+                Ok(()) => delay = Duration::from_millis(100),
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "live feed lost its Postgres connection; reconnecting"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn listen(&self, config: &tokio_postgres::Config, db: &Db) -> anyhow::Result<()> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                if let AsyncMessage::Notification(n) = message? {
+                    if tx
+                        .send((n.channel().to_owned(), n.payload().to_owned()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        });
+        client
+            .batch_execute("listen review_events; listen rating_changed")
+            .await?;
+        while let Some((channel, payload)) = rx.recv().await {
+            if self.sender.receiver_count() == 0 {
+                continue;
+            }
+            if let Err(error) = self.publish(db, &channel, &payload).await {
+                tracing::warn!(error = %error, %channel, "could not publish a live event");
+            }
+        }
+        drop(client);
+        driver.await??;
+        anyhow::bail!("the connection closed")
+    }
+
+    async fn publish(&self, db: &Db, channel: &str, payload: &str) -> anyhow::Result<()> {
+        let conn = db.conn().await?;
+        match channel {
+            "review_events" => {
+                let ids: Vec<Uuid> = payload
+                    .split(',')
+                    .filter_map(|id| id.parse().ok())
+                    .collect();
+                for review in reviews_db::reviews::reviews_created_by_events(&conn, &ids).await? {
+                    let _ = self.sender.send(Arc::new(LiveEvent::ReviewAdded(review)));
+                }
+            }
+            "rating_changed" => {
+                let product: Uuid = payload.parse()?;
+                let summary = reviews_db::ratings::ratings_by_product_ids(&conn, &[product])
+                    .await?
+                    .pop()
+                    .unwrap_or_else(|| RatingSummary::empty(product));
+                let _ = self
+                    .sender
+                    .send(Arc::new(LiveEvent::RatingChanged(summary)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn until_lagging(
+    receiver: broadcast::Receiver<Arc<LiveEvent>>,
+) -> impl futures::Stream<Item = Arc<LiveEvent>> {
+    tokio_stream::wrappers::BroadcastStream::new(receiver)
+        .take_while(|event| {
+            if event.is_err() {
+                metrics::counter!("subscribers_dropped_total").increment(1);
+                tracing::warn!("a subscriber fell behind the live feed; dropping it");
+            }
+            futures::future::ready(event.is_ok())
+        })
+        .filter_map(|event| futures::future::ready(event.ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: i32) -> Arc<LiveEvent> {
+        let mut summary = RatingSummary::empty(Uuid::nil());
+        summary.count = n;
+        Arc::new(LiveEvent::RatingChanged(summary))
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_keeps_up_sees_every_event() {
+        let (sender, _) = broadcast::channel(BUFFER);
+        let feed = LiveFeed { sender };
+        let events = feed.events();
+        for n in 0..10 {
+            feed.sender.send(event(n)).unwrap();
+        }
+        drop(feed);
+        assert_eq!(events.count().await, 10);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_dropped() {
+        let (sender, _) = broadcast::channel(BUFFER);
+        let feed = LiveFeed { sender };
+        let events = feed.events();
+        for n in 0..(BUFFER as i32 + 10) {
+            feed.sender.send(event(n)).unwrap();
+        }
+        // The stream ends at the lag instead of delivering a backlog (or growing one).
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(1), events.count())
+            .await
+            .unwrap();
+        assert_eq!(seen, 0);
+    }
+}
