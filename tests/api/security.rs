@@ -150,7 +150,7 @@ async fn queue_operations_are_admin_only() {
     let policies = app.graphql_as(&admin, operations[1].0, json!({})).await;
     assert_eq!(
         data(&policies)["retryPolicies"].as_array().unwrap().len(),
-        2
+        3
     );
     assert_eq!(
         data(&app.graphql_as(&admin, operations[2].0, json!({})).await)["replayDeadJob"],

@@ -1,0 +1,130 @@
+//! Load generators: review inserts through SQL or GraphQL, paced at a fixed arrival rate or
+//! as fast as they go, from several connections.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+
+use crate::stack::{connect, Stack};
+
+/// Products the load spreads its reviews over.
+pub const PRODUCTS: i64 = 100;
+
+pub async fn seed_products(stack: &Stack) -> anyhow::Result<()> {
+    let client = stack.client().await?;
+    client
+        .batch_execute(&format!(
+            "insert into products (id, name, owner_id)
+             select lpad(to_hex(i), 32, '0')::uuid, 'p' || i, 'owner-' || (i % 10) from generate_series(1, {PRODUCTS}) i
+             on conflict do nothing;
+             create index if not exists bench_jobs_key on jobs (coalesce_key, last_started_at);"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Inserts reviews through SQL from `connections` connections for `duration`, at `rate` per
+/// second in all (None: as fast as they go). Returns how many committed.
+pub async fn sql_inserts(
+    stack: &Stack,
+    connections: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let client = connect(&stack.database_url()).await?;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let statement = client
+                .prepare(
+                    "insert into reviews (product_id, author_id, rating, title, body)
+                     values (lpad(to_hex($1::bigint % 100 + 1), 32, '0')::uuid, gen_random_uuid()::text, $2, 'bench', 'a review')",
+                )
+                .await?;
+            let mut tick = rate.map(|r| {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(connections as f64 / r));
+                i.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                i
+            });
+            let started = Instant::now();
+            let mut n: i64 = worker as i64;
+            while started.elapsed() < duration {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
+                let rating = (n % 5 + 1) as i16;
+                client.execute(&statement, &[&n, &rating]).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                n += connections as i64;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(done.load(Ordering::Relaxed))
+}
+
+/// Sends `addReview` through GraphQL from `concurrency` tasks for `duration`, at `rate` per
+/// second in all (None: as fast as they go). Returns the committed count and each request's
+/// latency in ms.
+pub async fn graphql_inserts(
+    stack: &Stack,
+    concurrency: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<(u64, Vec<f64>)> {
+    let keys = reviews_api::auth::TokenKeys::new(stack.secret.as_bytes());
+    let url = format!("http://127.0.0.1:{}/graphql", stack.api_port);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (http, url, keys) = (http.clone(), url.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut tick = rate.map(|r| {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
+                i.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                i
+            });
+            let started = Instant::now();
+            let mut n = worker as u64;
+            while started.elapsed() < duration {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
+                // A new author each time: one review per author and product.
+                let token = keys.mint(&format!("bench-{}", uuid::Uuid::new_v4().simple()), reviews_api::auth::Role::User, Duration::from_secs(600))?;
+                let product = uuid_of(n % PRODUCTS as u64 + 1);
+                let body = serde_json::json!({
+                    "query": "mutation($i: AddReviewInput!) { addReview(input: $i) { id } }",
+                    "variables": {"i": {"productId": product, "rating": (n % 5 + 1), "title": "bench", "body": "a review"}},
+                });
+                let sent = Instant::now();
+                let response = http.post(&url).bearer_auth(token).json(&body).send().await?;
+                let text = response.text().await?;
+                anyhow::ensure!(!text.contains("\"errors\""), "addReview failed: {text}");
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                n += concurrency as u64;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all.len() as u64, all))
+}
+
+/// The id of product number `i`: the same as `lpad(to_hex(i), 32, '0')::uuid` in SQL.
+fn uuid_of(i: u64) -> String {
+    uuid::Uuid::from_u128(u128::from(i)).to_string()
+}

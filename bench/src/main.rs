@@ -1,0 +1,297 @@
+//! `reviews-bench`: measures the stack on this machine and prints a table (and writes JSON).
+//! See docs/PERFORMANCE.md for what each figure means and the targets.
+//!
+//! # Layout
+//! - `stack`: scratch database, Redis prefix, the release binaries as child processes.
+//! - `load`: SQL and GraphQL load at fixed rates or flat out.
+//! - `measure`: latencies on the database clock, idle waits, claim cost.
+
+mod load;
+mod measure;
+mod stack;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+
+use crate::measure::{percentiles, Percentiles};
+use crate::stack::Stack;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the reviews stack (scripts/bench builds and runs it)")]
+struct Args {
+    /// Postgres server URL without a database name.
+    #[arg(
+        long,
+        env = "BENCH_SERVER_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    server_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Seconds per load phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds the idle worker is watched.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+    /// Events in the backlog-drain test.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: i64,
+    /// Finished outbox rows for the claim-cost test.
+    #[arg(long, default_value_t = 1_000_000)]
+    finished_rows: i64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "target/bench.json")]
+    json: String,
+}
+
+fn row(name: &str, value: String) {
+    println!("{name:<58} {value}");
+}
+
+fn lat(p: &Percentiles) -> String {
+    format!(
+        "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  (n={})",
+        p.p50, p.p95, p.p99, p.count
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let phase = Duration::from_secs(args.seconds);
+    let mut report = serde_json::Map::new();
+    let mut stack = Stack::create(&args.server_url, &args.redis_url).await?;
+    load::seed_products(&stack).await?;
+    stack.start_api()?;
+    stack.start_worker()?;
+    stack.wait_for_api().await?;
+    let client = stack.client().await?;
+    println!(
+        "reviews-bench: {} s per phase, Postgres {}, Redis {}",
+        args.seconds, args.server_url, args.redis_url
+    );
+
+    // End-to-end latency at fixed arrival rates.
+    for (via, rate) in [
+        ("sql", 200.0),
+        ("sql", 1000.0),
+        ("graphql", 200.0),
+        ("graphql", 1000.0),
+    ] {
+        stack.reset().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let done = match via {
+            "sql" => load::sql_inserts(&stack, 8, Some(rate), phase).await?,
+            _ => {
+                load::graphql_inserts(&stack, 32, Some(rate), phase)
+                    .await?
+                    .0
+            }
+        };
+        let achieved = done as f64 / started.elapsed().as_secs_f64();
+        measure::wait_until_idle(&client, Duration::from_secs(120)).await?;
+        let job = measure::commit_to_job_start(&client).await?;
+        let rating = measure::commit_to_rating_visible(&client).await?;
+        row(
+            &format!("{via} {rate}/s (achieved {achieved:.0}/s): commit -> job start"),
+            lat(&job),
+        );
+        row(
+            &format!("{via} {rate}/s: commit -> rating visible"),
+            lat(&rating),
+        );
+        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_rating_visible_ms": rating}));
+    }
+
+    // Highest sustained rate: flat out, then how long the worker needs to catch up.
+    for via in ["sql", "graphql"] {
+        stack.reset().await?;
+        let started = Instant::now();
+        let (done, latencies) = match via {
+            "sql" => (load::sql_inserts(&stack, 8, None, phase).await?, Vec::new()),
+            _ => load::graphql_inserts(&stack, 32, None, phase).await?,
+        };
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        let catch_up = measure::wait_until_idle(&client, Duration::from_secs(300)).await?;
+        let mut value = format!(
+            "{rate:.0} reviews/s; worker done {:.2} s after the load",
+            catch_up.as_secs_f64()
+        );
+        if !latencies.is_empty() {
+            let p = percentiles(latencies.clone());
+            value.push_str(&format!(
+                "; request p50 {:.1} ms p99 {:.1} ms",
+                p.p50, p.p99
+            ));
+        }
+        row(
+            &format!(
+                "sustained {via} inserts ({} clients)",
+                if via == "sql" { 8 } else { 32 }
+            ),
+            value,
+        );
+        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies))}));
+    }
+
+    // API alone (worker stopped): addReview and a 20-review page.
+    stack.stop_worker();
+    stack.reset().await?;
+    let started = Instant::now();
+    let (done, latencies) = load::graphql_inserts(&stack, 32, None, phase).await?;
+    let p = percentiles(latencies);
+    let rps = done as f64 / started.elapsed().as_secs_f64();
+    row(
+        "API alone: addReview (32 clients)",
+        format!("{rps:.0} req/s  p50 {:.1} ms  p99 {:.1} ms", p.p50, p.p99),
+    );
+    report.insert("api_add_review".into(), json!({"per_s": rps, "ms": p}));
+    let (pages, page_latency) = page_queries(&stack, 32, phase).await?;
+    let pp = percentiles(page_latency);
+    let page_rps = pages as f64 / phase.as_secs_f64();
+    row(
+        "API alone: 20-review page query (32 clients)",
+        format!(
+            "{page_rps:.0} req/s  p50 {:.1} ms  p99 {:.1} ms",
+            pp.p50, pp.p99
+        ),
+    );
+    report.insert(
+        "api_review_page".into(),
+        json!({"per_s": page_rps, "ms": pp}),
+    );
+
+    // Backlog drain: events committed while no worker runs, then a cold worker.
+    stack.reset().await?;
+    client
+        .execute(
+            "insert into reviews (product_id, author_id, rating, title, body)
+             select lpad(to_hex(i % 100 + 1), 32, '0')::uuid, 'drain-' || i, i % 5 + 1, 'bench', 'backlog'
+             from generate_series(1, $1::bigint) i",
+            &[&args.backlog],
+        )
+        .await?;
+    let started = Instant::now();
+    stack.start_worker()?;
+    let took = measure::wait_until_idle(&client, Duration::from_secs(600)).await?;
+    let drain_rate = args.backlog as f64 / started.elapsed().as_secs_f64();
+    row(
+        &format!("backlog drain: {} events, cold worker", args.backlog),
+        format!("{drain_rate:.0} events/s ({:.1} s)", took.as_secs_f64()),
+    );
+    report.insert(
+        "backlog_drain".into(),
+        json!({"events": args.backlog, "per_s": drain_rate, "seconds": took.as_secs_f64()}),
+    );
+
+    // Peak memory after all of the above.
+    let api_mib = stack.api_pid().and_then(stack::peak_rss_mib);
+    let worker_mib = stack.worker_pid().and_then(stack::peak_rss_mib);
+    row(
+        "peak memory (VmHWM): API / worker",
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            api_mib.unwrap_or(f64::NAN),
+            worker_mib.unwrap_or(f64::NAN)
+        ),
+    );
+    report.insert(
+        "peak_memory_mib".into(),
+        json!({"api": api_mib, "worker": worker_mib}),
+    );
+
+    // Idle cost: what an idle worker asks of Postgres, and its CPU.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = stack.worker_pid().expect("worker runs");
+    let (tx_before, cpu_before) = (
+        measure::transactions(&client).await?,
+        stack::cpu_seconds(pid).unwrap_or(0.0),
+    );
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let (tx_after, cpu_after) = (
+        measure::transactions(&client).await?,
+        stack::cpu_seconds(pid).unwrap_or(0.0),
+    );
+    // Our own two measuring statements count too.
+    let per_minute = (tx_after - tx_before - 2) as f64 * 60.0 / args.idle_seconds as f64;
+    row(
+        &format!("idle worker over {} s", args.idle_seconds),
+        format!(
+            "{per_minute:.1} statements/min, {:.2} s CPU",
+            cpu_after - cpu_before
+        ),
+    );
+    report.insert("idle".into(), json!({"statements_per_minute": per_minute, "cpu_seconds": cpu_after - cpu_before, "seconds": args.idle_seconds}));
+
+    // Claim cost with no finished rows and with many.
+    stack.stop_worker();
+    stack.reset().await?;
+    client
+        .batch_execute("insert into reviews (product_id, author_id, rating, title, body)
+                        select lpad(to_hex(i % 100 + 1), 32, '0')::uuid, 'claim-' || i, 3, 't', 'b' from generate_series(1, 500) i")
+        .await?;
+    let mut claimer = stack.client().await?;
+    let empty = measure::claim_cost(&mut claimer, 20).await?;
+    client
+        .execute(
+            "insert into outbox (event_type, review_id, product_id, payload, relayed_at, occurred_at)
+             select 'review.created', gen_random_uuid(), gen_random_uuid(), '{}', now(), now()
+             from generate_series(1, $1::bigint)",
+            &[&args.finished_rows],
+        )
+        .await?;
+    client.batch_execute("vacuum analyze outbox").await?;
+    let full = measure::claim_cost(&mut claimer, 20).await?;
+    row(
+        &format!("claim 500 events: 0 / {} finished rows", args.finished_rows),
+        format!("{empty:.2} ms / {full:.2} ms (median of 20)"),
+    );
+    report.insert("claim_cost_ms".into(), json!({"no_finished_rows": empty, "finished_rows": args.finished_rows, "with_finished_rows": full}));
+
+    std::fs::write(
+        &args.json,
+        serde_json::to_vec_pretty(&Value::Object(report))?,
+    )?;
+    println!("JSON written to {}", args.json);
+    stack.drop_all().await?;
+    Ok(())
+}
+
+/// Closed-loop page queries: 20 reviews with their product and rating.
+async fn page_queries(
+    stack: &Stack,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(u64, Vec<f64>)> {
+    let url = format!("http://127.0.0.1:{}/graphql", stack.api_port);
+    let http = reqwest::Client::new();
+    let product = uuid::Uuid::from_u128(1).to_string();
+    let body = json!({
+        "query": "query($p: ID!) { reviews(productId: $p, first: 20) { edges { node { id rating title product { name rating { average } } } } } }",
+        "variables": {"p": product},
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < duration {
+                let sent = Instant::now();
+                let text = http.post(&url).json(&body).send().await?.text().await?;
+                anyhow::ensure!(!text.contains("\"errors\""), "page query failed: {text}");
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all.len() as u64, all))
+}

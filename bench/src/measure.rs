@@ -1,0 +1,116 @@
+//! Figures read back from the database after a run: latencies on the database's own clock,
+//! waiting for the worker, claim cost.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+/// p50, p95, p99 and max of a set of milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+pub fn percentiles(mut values: Vec<f64>) -> Percentiles {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        values[((values.len() as f64 - 1.0) * q).round() as usize]
+    };
+    Percentiles {
+        count: values.len(),
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+/// Waits until every event is relayed and every job finished; returns how long it took.
+pub async fn wait_until_idle(client: &Client, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let pending: i64 = client
+            .query_one(
+                "select (select count(*) from outbox where relayed_at is null)
+                      + (select count(*) from jobs where status = 'pending')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if pending == 0 {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "the worker did not finish within {limit:?} ({pending} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Commit → job start of every event's notify job, in ms (the event's transaction time to
+/// the attempt's start, both on the database's clock).
+pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles> {
+    let rows = client
+        .query(
+            "select extract(epoch from j.last_started_at - o.occurred_at)::float8 * 1000
+             from outbox o join jobs j on j.event_id = o.event_id and j.kind = 'notify_owner'
+             where j.last_started_at is not null",
+            &[],
+        )
+        .await?;
+    Ok(percentiles(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// Commit → rating visible: the end of the first rating recompute of the event's product
+/// that started after the event committed, in ms.
+pub async fn commit_to_rating_visible(client: &Client) -> anyhow::Result<Percentiles> {
+    let rows = client
+        .query(
+            "select extract(epoch from (
+                 select min(j.finished_at) from jobs j
+                 where j.kind = 'recompute_rating' and j.coalesce_key = o.product_id::text
+                   and j.last_started_at >= o.occurred_at and j.status = 'done') - o.occurred_at)::float8 * 1000
+             from outbox o",
+            &[],
+        )
+        .await?;
+    Ok(percentiles(
+        rows.iter()
+            .filter_map(|r| r.get::<_, Option<f64>>(0))
+            .collect(),
+    ))
+}
+
+/// Median time of the relay's claim statement over `runs` runs, in ms, each in a
+/// transaction that is rolled back (so every run claims the same pending rows).
+pub async fn claim_cost(client: &mut Client, runs: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let tx = client.transaction().await?;
+        let sql = reviews_db::Sql::new(tx, Default::default());
+        let started = Instant::now();
+        reviews_db::outbox::relay_pending_events(&sql, 500).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(sql);
+    }
+    Ok(percentiles(times).p50)
+}
+
+/// Statements the database has committed (transactions of the bench database), for idle cost.
+pub async fn transactions(client: &Client) -> anyhow::Result<i64> {
+    client
+        .execute("select pg_stat_clear_snapshot()", &[])
+        .await?;
+    Ok(client
+        .query_one("select xact_commit + xact_rollback from pg_stat_database where datname = current_database()", &[])
+        .await?
+        .get(0))
+}
