@@ -103,14 +103,3 @@ pub async fn claim_cost(client: &mut Client, runs: usize) -> anyhow::Result<f64>
     }
     Ok(percentiles(times).p50)
 }
-
-/// Statements the database has committed (transactions of the bench database), for idle cost.
-pub async fn transactions(client: &Client) -> anyhow::Result<i64> {
-    client
-        .execute("select pg_stat_clear_snapshot()", &[])
-        .await?;
-    Ok(client
-        .query_one("select xact_commit + xact_rollback from pg_stat_database where datname = current_database()", &[])
-        .await?
-        .get(0))
-}

@@ -16,6 +16,7 @@ pub struct Stack {
     pub prefix: String,
     pub api_port: u16,
     pub secret: String,
+    pub worker_metrics_port: u16,
     api: Option<Child>,
     worker: Option<Child>,
 }
@@ -54,6 +55,7 @@ impl Stack {
             prefix: format!("bench-{}", uuid::Uuid::new_v4().simple()),
             api_port: free_port(),
             secret: "bench-secret-bench-secret-bench-secret-00".into(),
+            worker_metrics_port: free_port(),
             api: None,
             worker: None,
         })
@@ -90,7 +92,10 @@ impl Stack {
             .env("DATABASE_URL", self.database_url())
             .env("REDIS_URL", &self.redis_url)
             .env("REDIS_PREFIX", &self.prefix)
-            .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "WORKER_METRICS_ADDR",
+                format!("127.0.0.1:{}", self.worker_metrics_port),
+            )
             .env("WORKER_CONCURRENCY", "32")
             .env("OUTBOX_POLL_INTERVAL", "5s")
             .env("RUST_LOG", "warn")
@@ -208,4 +213,33 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// A counter from the worker's /metrics, or None.
+pub async fn worker_metric(port: u16, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds used so far by every process whose command name is `name` (e.g. postgres).
+pub fn cpu_seconds_of(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(cpu_seconds)
+        .sum()
 }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::types::Type;
 
 use crate::sql::{AsClient, Sql, StoreError};
 
@@ -86,10 +87,10 @@ pub async fn job_state<C: AsClient>(
 /// Marks a job done. `last_error` stays: a job that succeeded on a retry still shows why
 /// the earlier attempt failed.
 pub async fn complete_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
-    db.execute(
+    db.execute_typed(
         "update jobs set status = 'done', finished_at = now()
          where id = $1 and status = 'pending'",
-        &[&id],
+        &[(&id, Type::INT8)],
     )
     .await?;
     Ok(())

@@ -23,7 +23,7 @@ pub async fn relay_pending_events<C: AsClient>(
     limit: i64,
 ) -> Result<RelayedBatch, StoreError> {
     let row = db
-        .query_one(
+        .query_typed_one(
             "with claimed as (
                  select id, event_id, event_type, review_id, product_id, payload, actor_id,
                         request_id, occurred_at
@@ -82,7 +82,7 @@ pub async fn relay_pending_events<C: AsClient>(
              select (select count(*) from relayed) as events,
                     (select count(*) from announced) as announcements,
                     coalesce((select array_agg(id) from inserted), '{}') as job_ids",
-            &[&limit],
+            &[(&limit, tokio_postgres::types::Type::INT8)],
         )
         .await?;
     Ok(RelayedBatch {

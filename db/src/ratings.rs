@@ -74,7 +74,10 @@ pub async fn recompute_rating<C: AsClient>(
     db: &Sql<C>,
     product_id: Uuid,
 ) -> Result<(), StoreError> {
-    db.execute("select recompute_product_rating($1)", &[&product_id])
-        .await?;
+    db.execute_typed(
+        "select recompute_product_rating($1)",
+        &[(&product_id, tokio_postgres::types::Type::UUID)],
+    )
+    .await?;
     Ok(())
 }

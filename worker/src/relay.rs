@@ -133,6 +133,8 @@ impl Relay {
         metrics::gauge!("queue_stream_entries").set(depth.stream as f64);
         metrics::gauge!("queue_delayed_jobs").set(depth.delayed as f64);
         metrics::gauge!("queue_known_jobs").set(depth.known as f64);
+        // Every statement this worker has sent Postgres (the idle cost, for one).
+        metrics::counter!("db_statements_total").absolute(self.db.statements_run());
         Ok(())
     }
 
