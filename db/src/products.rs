@@ -1,6 +1,7 @@
 //! The `products` table.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -46,9 +47,9 @@ pub async fn product_by_id<C: AsClient>(
     id: Uuid,
 ) -> Result<Option<Product>, StoreError> {
     let row = db
-        .query_opt(
+        .query_typed_opt(
             "select id, name, owner_id, created_at from products where id = $1",
-            &[&id],
+            &[(&id, Type::UUID)],
         )
         .await?;
     Ok(row.as_ref().map(Product::from))
@@ -60,9 +61,9 @@ pub async fn products_by_ids<C: AsClient>(
     ids: &[Uuid],
 ) -> Result<Vec<Product>, StoreError> {
     let rows = db
-        .query(
+        .query_typed(
             "select id, name, owner_id, created_at from products where id = any($1)",
-            &[&ids],
+            &[(&ids, Type::UUID_ARRAY)],
         )
         .await?;
     Ok(rows.iter().map(Product::from).collect())
@@ -75,12 +76,16 @@ pub async fn list_products<C: AsClient>(
 ) -> Result<Page<Product>, StoreError> {
     let (after_at, after_id) = page.after_params();
     let rows = db
-        .query(
+        .query_typed(
             "select id, name, owner_id, created_at from products
              where (created_at, id) < ($1, $2)
              order by created_at desc, id desc
              limit $3",
-            &[&after_at, &after_id, &page.limit()],
+            &[
+                (&after_at, Type::TIMESTAMPTZ),
+                (&after_id, Type::UUID),
+                (&page.limit(), Type::INT8),
+            ],
         )
         .await?;
     Ok(Page::from_rows(

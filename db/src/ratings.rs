@@ -59,10 +59,10 @@ pub async fn ratings_by_product_ids<C: AsClient>(
     product_ids: &[Uuid],
 ) -> Result<Vec<RatingSummary>, StoreError> {
     let rows = db
-        .query(
+        .query_typed(
             "select product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5
              from product_ratings where product_id = any($1)",
-            &[&product_ids],
+            &[(&product_ids, tokio_postgres::types::Type::UUID_ARRAY)],
         )
         .await?;
     Ok(rows.iter().map(RatingSummary::from).collect())

@@ -8,7 +8,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::page::{Page, PageRequest};
-use crate::sql::{AsClient, Sql, StoreError};
+use tokio_postgres::types::Type;
+
+use crate::sql::{Actor, AsClient, Sql, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Review {
@@ -55,23 +57,33 @@ pub struct ReviewPatch<'a> {
     pub body: Option<&'a str>,
 }
 
+/// Inserts a review as `actor`, in one statement and one round trip: the actor's settings
+/// are made in the same (implicit) transaction, before the row exists, so the outbox trigger
+/// records them.
 pub async fn insert_review<C: AsClient>(
     db: &Sql<C>,
     review: &NewReview<'_>,
+    actor: &Actor,
 ) -> Result<Review, StoreError> {
     let sql = format!(
-        "insert into reviews (product_id, author_id, rating, title, body)
-         values ($1, $2, $3, $4, $5) returning {COLUMNS}"
+        "with actor as (
+             select set_config('app.user_id', $6, true), set_config('app.request_id', $7, true)
+         )
+         insert into reviews (product_id, author_id, rating, title, body)
+         select $1, $2, $3, $4, $5 from actor
+         returning {COLUMNS}"
     );
     let row = db
-        .query_one(
+        .query_typed_one(
             &sql,
             &[
-                &review.product_id,
-                &review.author_id,
-                &review.rating,
-                &review.title,
-                &review.body,
+                (&review.product_id, Type::UUID),
+                (&review.author_id, Type::TEXT),
+                (&review.rating, Type::INT2),
+                (&review.title, Type::TEXT),
+                (&review.body, Type::TEXT),
+                (&actor.user_id, Type::TEXT),
+                (&actor.request_id, Type::TEXT),
             ],
         )
         .await?;
@@ -83,7 +95,11 @@ pub async fn review_by_id<C: AsClient>(
     id: Uuid,
 ) -> Result<Option<Review>, StoreError> {
     let sql = format!("select {COLUMNS} from reviews where id = $1");
-    Ok(db.query_opt(&sql, &[&id]).await?.as_ref().map(Review::from))
+    Ok(db
+        .query_typed_opt(&sql, &[(&id, Type::UUID)])
+        .await?
+        .as_ref()
+        .map(Review::from))
 }
 
 /// The review's author, locking the row until the transaction ends (so a permission check

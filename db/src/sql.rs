@@ -144,6 +144,16 @@ impl<C: AsClient> Sql<C> {
         Ok(self.client.as_client().execute_typed(sql, params).await?)
     }
 
+    /// [`Sql::query`] in one round trip (see [`TypedParams`]).
+    pub async fn query_typed(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.count();
+        Ok(self.client.as_client().query_typed(sql, params).await?)
+    }
+
     /// [`Sql::query_opt`] in one round trip (see [`TypedParams`]).
     pub async fn query_typed_opt(
         &self,

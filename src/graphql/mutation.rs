@@ -49,11 +49,8 @@ impl ReviewMutation {
             title: valid_text("title", &input.title, MAX_TITLE_CHARS)?,
             body: valid_text("body", &input.body, MAX_BODY_CHARS)?,
         };
-        let mut conn = ctx.data_unchecked::<Db>().conn().await?;
-        let tx = conn.begin().await?;
-        tx.set_actor(&actor(ctx, user)).await?;
-        let review = reviews::insert_review(&tx, &review).await?;
-        tx.commit().await?;
+        let conn = ctx.data_unchecked::<Db>().conn().await?;
+        let review = reviews::insert_review(&conn, &review, &actor(ctx, user)).await?;
         Ok(Review(review))
     }
 
