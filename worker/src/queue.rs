@@ -72,13 +72,6 @@ redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 return 1";
 
-/// Acknowledges a delivery of a job that is not to run now, leaving the job known (it is
-/// scheduled in Postgres and will come back through the delayed set or reconciliation).
-const DROP_DELIVERY: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1";
-
 /// Acknowledges a delivery and puts the job back at the end of the stream for another
 /// runner (this one is shutting down).
 const HAND_BACK: &str = r"
@@ -110,7 +103,6 @@ pub struct JobQueue {
     enqueue: Script,
     finish: Script,
     retry: Script,
-    drop_delivery: Script,
     hand_back: Script,
     promote: Script,
 }
@@ -138,7 +130,6 @@ impl JobQueue {
             enqueue: Script::new(ENQUEUE),
             finish: Script::new(FINISH),
             retry: Script::new(RETRY),
-            drop_delivery: Script::new(DROP_DELIVERY),
             hand_back: Script::new(HAND_BACK),
             promote: Script::new(PROMOTE),
         })
@@ -308,18 +299,6 @@ impl JobQueue {
             .arg(&delivery.entry_id)
             .arg(delivery.job_id)
             .arg(delay.as_millis() as u64)
-            .invoke_async::<i64>(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Drops a delivery of a job that must not run now, leaving the job known.
-    pub async fn drop_delivery(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        self.drop_delivery
-            .key(&self.keys.stream)
-            .arg(GROUP)
-            .arg(&delivery.entry_id)
             .invoke_async::<i64>(&mut *conn)
             .await?;
         Ok(())

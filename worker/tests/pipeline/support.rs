@@ -106,22 +106,19 @@ impl TestPipeline {
         self.redis.get_multiplexed_async_connection().await.unwrap()
     }
 
-    /// Deletes every key of this test's prefix: what FLUSHALL or a restart without persistence
-    /// does to the worker, without touching other tests' keys.
+    /// Deletes every key of this test's prefix at once (one Lua script, so atomically, as
+    /// FLUSHALL or a restart without persistence would), without touching other tests' keys.
     pub async fn forget_redis(&self) {
         let mut conn = self.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{}}}:*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .unwrap();
-        }
+        redis::Script::new(
+            "local keys = redis.call('KEYS', ARGV[1])
+             for _, key in ipairs(keys) do redis.call('DEL', key) end
+             return #keys",
+        )
+        .arg(format!("{{{}}}:*", self.prefix))
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .unwrap();
     }
 
     pub async fn create_product(&self, owner: &str) -> Uuid {
