@@ -350,12 +350,6 @@ impl JobQueue {
             known,
         })
     }
-
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut *conn).await?;
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

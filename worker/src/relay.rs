@@ -25,7 +25,7 @@ use crate::retry::RetryPolicies;
 /// What one relay pass found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayOutcome {
-    Relayed { events: i64, jobs: usize },
+    Relayed { events: i64 },
     Idle,
 }
 
@@ -65,14 +65,13 @@ impl Relay {
         }
         Ok(RelayOutcome::Relayed {
             events: batch.events,
-            jobs: batch.job_ids.len(),
         })
     }
 
     /// Relays until there is nothing left; returns how many events.
     async fn drain(&self) -> anyhow::Result<i64> {
         let mut total = 0;
-        while let RelayOutcome::Relayed { events, .. } = self.relay_batch().await? {
+        while let RelayOutcome::Relayed { events } = self.relay_batch().await? {
             total += events;
         }
         Ok(total)

@@ -397,3 +397,36 @@ async fn an_endpoint_that_hangs_does_not_slow_a_healthy_one() {
         healthy_done - started
     );
 }
+
+#[tokio::test]
+async fn a_url_resolving_to_loopback_is_refused_unless_allowed() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let receiver = Receiver::start().await;
+    let (webhook, _) = register(&p, &receiver.url(), &["review.created"]).await;
+    // The worker's default settings: private networks not allowed.
+    let worker = p.start_worker_with(p.args(), JobHandlers::standard()).await;
+    p.add_reviews(product, authors("r", 1)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    assert_eq!(receiver.count(), 0, "nothing may reach a loopback address");
+    let error: String = p
+        .client()
+        .await
+        .query_one(
+            "select last_error from dead_jobs where kind = 'deliver_webhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("refused") && error.contains("WEBHOOK_ALLOW_PRIVATE_NETWORKS"),
+        "{error}"
+    );
+    assert_eq!(
+        p.count(&format!("select count(*) from webhook_deliveries where webhook_id = '{webhook}' and status_code is null")).await,
+        1
+    );
+}
