@@ -5,10 +5,12 @@
 //! - `stack`: scratch database, Redis prefix, the release binaries as child processes.
 //! - `load`: SQL and GraphQL load at fixed rates or flat out.
 //! - `measure`: latencies on the database clock, idle waits, claim cost.
+//! - `wrk`: the API-alone figures, from wrk (an HTTP load generator in C).
 
 mod load;
 mod measure;
 mod stack;
+mod wrk;
 
 use std::time::{Duration, Instant};
 
@@ -42,9 +44,19 @@ struct Args {
     /// Finished outbox rows for the claim-cost test.
     #[arg(long, default_value_t = 1_000_000)]
     finished_rows: i64,
-    /// Where the JSON report goes.
+    /// Where the JSON report goes (wrk's Lua scripts go beside it).
     #[arg(long, default_value = "target/bench.json")]
     json: String,
+    /// Run only these phases (comma-separated): latency, sustained, api, drain, idle, claim.
+    /// Peak memory is always reported.
+    #[arg(long, value_delimiter = ',', value_parser = ["latency", "sustained", "api", "drain", "idle", "claim"])]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, phase: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
 }
 
 fn row(name: &str, value: String) {
@@ -74,13 +86,24 @@ async fn main() -> anyhow::Result<()> {
         args.seconds, args.server_url, args.redis_url
     );
 
+    let script_dir = std::path::Path::new(&args.json)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+
     // End-to-end latency at fixed arrival rates.
-    for (via, rate) in [
-        ("sql", 200.0),
-        ("sql", 1000.0),
-        ("graphql", 200.0),
-        ("graphql", 1000.0),
-    ] {
+    let latency_runs = if args.wants("latency") {
+        &[
+            ("sql", 200.0),
+            ("sql", 1000.0),
+            ("graphql", 200.0),
+            ("graphql", 1000.0),
+        ][..]
+    } else {
+        &[]
+    };
+    for &(via, rate) in latency_runs {
         stack.reset().await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
@@ -108,7 +131,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Highest sustained rate: flat out, then how long the worker needs to catch up.
-    for via in ["sql", "graphql"] {
+    let sustained_runs = if args.wants("sustained") {
+        &["sql", "graphql"][..]
+    } else {
+        &[]
+    };
+    for &via in sustained_runs {
         stack.reset().await?;
         let started = Instant::now();
         let (done, latencies) = match via {
@@ -138,36 +166,44 @@ async fn main() -> anyhow::Result<()> {
         report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies))}));
     }
 
-    // API alone (worker stopped): addReview and a 20-review page.
-    stack.stop_worker();
-    stack.reset().await?;
-    let started = Instant::now();
-    let (done, latencies) = load::graphql_inserts(&stack, 32, None, phase).await?;
-    let p = percentiles(latencies);
-    let rps = done as f64 / started.elapsed().as_secs_f64();
-    row(
-        "API alone: addReview (32 clients)",
-        format!("{rps:.0} req/s  p50 {:.1} ms  p99 {:.1} ms", p.p50, p.p99),
-    );
-    report.insert("api_add_review".into(), json!({"per_s": rps, "ms": p}));
-    let (pages, page_latency) = page_queries(&stack, 32, phase).await?;
-    let pp = percentiles(page_latency);
-    let page_rps = pages as f64 / phase.as_secs_f64();
-    row(
-        "API alone: 20-review page query (32 clients)",
-        format!(
-            "{page_rps:.0} req/s  p50 {:.1} ms  p99 {:.1} ms",
-            pp.p50, pp.p99
-        ),
-    );
-    report.insert(
-        "api_review_page".into(),
-        json!({"per_s": page_rps, "ms": pp}),
-    );
+    // API alone (worker stopped), loaded by wrk: addReview and a 20-review page.
+    if args.wants("api") {
+        stack.stop_worker();
+        stack.reset().await?;
+        let added = wrk::add_review(&stack, 32, phase, &script_dir)?;
+        // wrk counts HTTP errors only: a GraphQL error is a 200, so count the rows instead.
+        let rows: i64 = client
+            .query_one("select count(*) from reviews", &[])
+            .await?
+            .get(0);
+        let failed = added.requests.saturating_sub(rows as u64);
+        row(
+            "API alone: addReview (wrk, 32 connections)",
+            format!(
+                "{:.0} req/s  p50 {:.1} ms  p99 {:.1} ms  ({} requests, {} not stored)",
+                added.per_s, added.p50_ms, added.p99_ms, added.requests, failed
+            ),
+        );
+        report.insert(
+            "api_add_review".into(),
+            json!({"wrk": added, "not_stored": failed}),
+        );
+        let page = wrk::review_page(&stack, 32, phase, &script_dir)?;
+        row(
+            "API alone: 20-review page query (wrk, 32 connections)",
+            format!(
+                "{:.0} req/s  p50 {:.1} ms  p99 {:.1} ms  ({} errors)",
+                page.per_s, page.p50_ms, page.p99_ms, page.errors
+            ),
+        );
+        report.insert("api_review_page".into(), json!({"wrk": page}));
+    }
 
     // Backlog drain: events committed while no worker runs, then a cold worker.
-    stack.reset().await?;
-    client
+    if args.wants("drain") {
+        stack.stop_worker();
+        stack.reset().await?;
+        client
         .execute(
             "insert into reviews (product_id, author_id, rating, title, body)
              select lpad(to_hex(i % 100 + 1), 32, '0')::uuid, 'drain-' || i, i % 5 + 1, 'bench', 'backlog'
@@ -175,34 +211,35 @@ async fn main() -> anyhow::Result<()> {
             &[&args.backlog],
         )
         .await?;
-    let cpu_before = (
-        stack::cpu_seconds_of("postgres"),
-        stack::cpu_seconds_of("redis-server"),
-    );
-    let started = Instant::now();
-    stack.start_worker()?;
-    let took = measure::wait_until_idle(&client, Duration::from_secs(600)).await?;
-    let drain_rate = args.backlog as f64 / started.elapsed().as_secs_f64();
-    // Where the time went: CPU seconds of each process during the drain (2 cores in all).
-    let worker_cpu = stack
-        .worker_pid()
-        .and_then(stack::cpu_seconds)
-        .unwrap_or(f64::NAN);
-    let postgres_cpu = stack::cpu_seconds_of("postgres") - cpu_before.0;
-    let redis_cpu = stack::cpu_seconds_of("redis-server") - cpu_before.1;
-    row(
-        &format!("backlog drain: {} events, cold worker", args.backlog),
-        format!("{drain_rate:.0} events/s ({:.1} s)", took.as_secs_f64()),
-    );
-    row(
-        "  CPU during the drain: worker / postgres / redis",
-        format!("{worker_cpu:.1} s / {postgres_cpu:.1} s / {redis_cpu:.1} s"),
-    );
-    report.insert(
-        "backlog_drain".into(),
-        json!({"events": args.backlog, "per_s": drain_rate, "seconds": took.as_secs_f64(),
+        let cpu_before = (
+            stack::cpu_seconds_of("postgres"),
+            stack::cpu_seconds_of("redis-server"),
+        );
+        let started = Instant::now();
+        stack.start_worker()?;
+        let took = measure::wait_until_idle(&client, Duration::from_secs(600)).await?;
+        let drain_rate = args.backlog as f64 / started.elapsed().as_secs_f64();
+        // Where the time went: CPU seconds of each process during the drain (2 cores in all).
+        let worker_cpu = stack
+            .worker_pid()
+            .and_then(stack::cpu_seconds)
+            .unwrap_or(f64::NAN);
+        let postgres_cpu = stack::cpu_seconds_of("postgres") - cpu_before.0;
+        let redis_cpu = stack::cpu_seconds_of("redis-server") - cpu_before.1;
+        row(
+            &format!("backlog drain: {} events, cold worker", args.backlog),
+            format!("{drain_rate:.0} events/s ({:.1} s)", took.as_secs_f64()),
+        );
+        row(
+            "  CPU during the drain: worker / postgres / redis",
+            format!("{worker_cpu:.1} s / {postgres_cpu:.1} s / {redis_cpu:.1} s"),
+        );
+        report.insert(
+            "backlog_drain".into(),
+            json!({"events": args.backlog, "per_s": drain_rate, "seconds": took.as_secs_f64(),
         "cpu_seconds": {"worker": worker_cpu, "postgres": postgres_cpu, "redis": redis_cpu}}),
-    );
+        );
+    }
 
     // Peak memory after all of the above.
     let api_mib = stack.api_pid().and_then(stack::peak_rss_mib);
@@ -221,40 +258,44 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Idle cost: what an idle worker asks of Postgres, and its CPU.
-    let pid = stack.worker_pid().expect("worker runs");
-    let port = stack.worker_metrics_port;
-    // The worker counts its own statements; the counter refreshes on each slow poll (5 s).
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let statements = || stack::worker_metric(port, "db_statements_total");
-    let (before, cpu_before) = (
-        statements().await.unwrap_or(f64::NAN),
-        stack::cpu_seconds(pid).unwrap_or(0.0),
-    );
-    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let (after, cpu_after) = (
-        statements().await.unwrap_or(f64::NAN),
-        stack::cpu_seconds(pid).unwrap_or(0.0),
-    );
-    let per_minute = (after - before) * 60.0 / args.idle_seconds as f64;
-    row(
-        &format!("idle worker over {} s", args.idle_seconds),
-        format!(
-            "{per_minute:.1} statements/min, {:.2} s CPU",
-            cpu_after - cpu_before
-        ),
-    );
-    report.insert("idle".into(), json!({"statements_per_minute": per_minute, "cpu_seconds": cpu_after - cpu_before, "seconds": args.idle_seconds}));
+    if args.wants("idle") {
+        stack.start_worker()?;
+        let pid = stack.worker_pid().expect("worker runs");
+        let port = stack.worker_metrics_port;
+        // The worker counts its own statements; the counter refreshes on each slow poll (5 s).
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let statements = || stack::worker_metric(port, "db_statements_total");
+        let (before, cpu_before) = (
+            statements().await.unwrap_or(f64::NAN),
+            stack::cpu_seconds(pid).unwrap_or(0.0),
+        );
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        let (after, cpu_after) = (
+            statements().await.unwrap_or(f64::NAN),
+            stack::cpu_seconds(pid).unwrap_or(0.0),
+        );
+        let per_minute = (after - before) * 60.0 / args.idle_seconds as f64;
+        row(
+            &format!("idle worker over {} s", args.idle_seconds),
+            format!(
+                "{per_minute:.1} statements/min, {:.2} s CPU",
+                cpu_after - cpu_before
+            ),
+        );
+        report.insert("idle".into(), json!({"statements_per_minute": per_minute, "cpu_seconds": cpu_after - cpu_before, "seconds": args.idle_seconds}));
+    }
 
     // Claim cost with no finished rows and with many.
-    stack.stop_worker();
-    stack.reset().await?;
-    client
+    if args.wants("claim") {
+        stack.stop_worker();
+        stack.reset().await?;
+        client
         .batch_execute("insert into reviews (product_id, author_id, rating, title, body)
                         select lpad(to_hex(i % 100 + 1), 32, '0')::uuid, 'claim-' || i, 3, 't', 'b' from generate_series(1, 500) i")
         .await?;
-    let mut claimer = stack.client().await?;
-    let empty = measure::claim_cost(&mut claimer, 20).await?;
-    client
+        let mut claimer = stack.client().await?;
+        let empty = measure::claim_cost(&mut claimer, 20).await?;
+        client
         .execute(
             "insert into outbox (event_type, review_id, product_id, payload, relayed_at, occurred_at)
              select 'review.created', gen_random_uuid(), gen_random_uuid(), '{}', now(), now()
@@ -262,13 +303,14 @@ async fn main() -> anyhow::Result<()> {
             &[&args.finished_rows],
         )
         .await?;
-    client.batch_execute("vacuum analyze outbox").await?;
-    let full = measure::claim_cost(&mut claimer, 20).await?;
-    row(
-        &format!("claim 500 events: 0 / {} finished rows", args.finished_rows),
-        format!("{empty:.2} ms / {full:.2} ms (median of 20)"),
-    );
-    report.insert("claim_cost_ms".into(), json!({"no_finished_rows": empty, "finished_rows": args.finished_rows, "with_finished_rows": full}));
+        client.batch_execute("vacuum analyze outbox").await?;
+        let full = measure::claim_cost(&mut claimer, 20).await?;
+        row(
+            &format!("claim 500 events: 0 / {} finished rows", args.finished_rows),
+            format!("{empty:.2} ms / {full:.2} ms (median of 20)"),
+        );
+        report.insert("claim_cost_ms".into(), json!({"no_finished_rows": empty, "finished_rows": args.finished_rows, "with_finished_rows": full}));
+    }
 
     std::fs::write(
         &args.json,
@@ -277,39 +319,4 @@ async fn main() -> anyhow::Result<()> {
     println!("JSON written to {}", args.json);
     stack.drop_all().await?;
     Ok(())
-}
-
-/// Closed-loop page queries: 20 reviews with their product and rating.
-async fn page_queries(
-    stack: &Stack,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<(u64, Vec<f64>)> {
-    let url = format!("http://127.0.0.1:{}/graphql", stack.api_port);
-    let http = reqwest::Client::new();
-    let product = uuid::Uuid::from_u128(1).to_string();
-    let body = json!({
-        "query": "query($p: ID!) { reviews(productId: $p, first: 20) { edges { node { id rating title product { name rating { average } } } } } }",
-        "variables": {"p": product},
-    });
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let started = Instant::now();
-            while started.elapsed() < duration {
-                let sent = Instant::now();
-                let text = http.post(&url).json(&body).send().await?.text().await?;
-                anyhow::ensure!(!text.contains("\"errors\""), "page query failed: {text}");
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    Ok((all.len() as u64, all))
 }

@@ -87,7 +87,11 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts the worker unless it runs already.
     pub fn start_worker(&mut self) -> anyhow::Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
         let child = Command::new(binary("reviews-worker"))
             .env("DATABASE_URL", self.database_url())
             .env("REDIS_URL", &self.redis_url)
