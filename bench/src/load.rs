@@ -18,8 +18,7 @@ pub async fn seed_products(stack: &Stack) -> anyhow::Result<()> {
         .batch_execute(&format!(
             "insert into products (id, name, owner_id)
              select lpad(to_hex(i), 32, '0')::uuid, 'p' || i, 'owner-' || (i % 10) from generate_series(1, {PRODUCTS}) i
-             on conflict do nothing;
-             create index if not exists bench_jobs_key on jobs (coalesce_key, last_started_at);"
+             on conflict do nothing;"
         ))
         .await?;
     Ok(())

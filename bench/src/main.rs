@@ -47,6 +47,9 @@ struct Args {
     /// Where the JSON report goes (wrk's Lua scripts go beside it).
     #[arg(long, default_value = "target/bench.json")]
     json: String,
+    /// The worker's WORKER_CONCURRENCY (jobs at once; also the largest batch it starts).
+    #[arg(long, default_value_t = 32)]
+    worker_concurrency: u32,
     /// Run only these phases (comma-separated): latency, sustained, api, drain, idle, claim.
     /// Peak memory is always reported.
     #[arg(long, value_delimiter = ',', value_parser = ["latency", "sustained", "api", "drain", "idle", "claim"])]
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let phase = Duration::from_secs(args.seconds);
     let mut report = serde_json::Map::new();
     let mut stack = Stack::create(&args.server_url, &args.redis_url).await?;
+    stack.worker_concurrency = args.worker_concurrency;
     load::seed_products(&stack).await?;
     stack.start_api()?;
     stack.start_worker()?;
@@ -233,6 +237,24 @@ async fn main() -> anyhow::Result<()> {
         row(
             "  CPU during the drain: worker / postgres / redis",
             format!("{worker_cpu:.1} s / {postgres_cpu:.1} s / {redis_cpu:.1} s"),
+        );
+        // The work the events turned into (rating recomputes are coalesced per product).
+        let kinds: Vec<(String, i64)> = client
+            .query(
+                "select kind, count(*) from jobs group by kind order by kind",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        row(
+            "  jobs run during the drain",
+            kinds
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         report.insert(
             "backlog_drain".into(),

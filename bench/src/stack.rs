@@ -17,6 +17,8 @@ pub struct Stack {
     pub api_port: u16,
     pub secret: String,
     pub worker_metrics_port: u16,
+    /// The worker's WORKER_CONCURRENCY.
+    pub worker_concurrency: u32,
     api: Option<Child>,
     worker: Option<Child>,
 }
@@ -56,6 +58,7 @@ impl Stack {
             api_port: free_port(),
             secret: "bench-secret-bench-secret-bench-secret-00".into(),
             worker_metrics_port: free_port(),
+            worker_concurrency: 32,
             api: None,
             worker: None,
         })
@@ -100,7 +103,7 @@ impl Stack {
                 "WORKER_METRICS_ADDR",
                 format!("127.0.0.1:{}", self.worker_metrics_port),
             )
-            .env("WORKER_CONCURRENCY", "32")
+            .env("WORKER_CONCURRENCY", self.worker_concurrency.to_string())
             .env("OUTBOX_POLL_INTERVAL", "5s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
