@@ -1,6 +1,7 @@
 //! The `notifications` table: what users are told (written by the worker, read by the API).
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -69,28 +70,36 @@ pub struct NewNotification<'a> {
     pub author_id: &'a str,
 }
 
-/// Tells the product's owner about a review event, once per event: a redelivered event
-/// inserts nothing. Returns whether a row was written (false for duplicates, for owners
-/// reviewing their own product, and for products that are gone).
-pub async fn notify_product_owner<C: AsClient>(
+/// Tells each product's owner about a review event, once per event, all in one statement: a
+/// redelivered event inserts nothing. Returns how many rows were written (duplicates, owners
+/// reviewing their own product and products that are gone write none).
+pub async fn notify_product_owners<C: AsClient>(
     db: &Sql<C>,
-    n: &NewNotification<'_>,
-) -> Result<bool, StoreError> {
-    let written = db
-        .execute(
-            "insert into notifications (recipient_id, kind, review_id, product_id, event_id)
-             select p.owner_id, $2, $3, p.id, $1
-             from products p
-             where p.id = $4 and p.owner_id <> $5
-             on conflict (event_id, recipient_id, kind) do nothing",
-            &[
-                &n.event_id,
-                &n.kind,
-                &n.review_id,
-                &n.product_id,
-                &n.author_id,
-            ],
-        )
-        .await?;
-    Ok(written == 1)
+    events: &[NewNotification<'_>],
+) -> Result<u64, StoreError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let event_ids: Vec<Uuid> = events.iter().map(|n| n.event_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|n| n.kind).collect();
+    let review_ids: Vec<Uuid> = events.iter().map(|n| n.review_id).collect();
+    let product_ids: Vec<Uuid> = events.iter().map(|n| n.product_id).collect();
+    let author_ids: Vec<&str> = events.iter().map(|n| n.author_id).collect();
+    db.execute_typed(
+        "insert into notifications (recipient_id, kind, review_id, product_id, event_id)
+         select p.owner_id, e.kind, e.review_id, p.id, e.event_id
+         from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[])
+              as e (event_id, kind, review_id, product_id, author_id)
+         join products p on p.id = e.product_id
+         where p.owner_id <> e.author_id
+         on conflict (event_id, recipient_id, kind) do nothing",
+        &[
+            (&event_ids, Type::UUID_ARRAY),
+            (&kinds, Type::TEXT_ARRAY),
+            (&review_ids, Type::UUID_ARRAY),
+            (&product_ids, Type::UUID_ARRAY),
+            (&author_ids, Type::TEXT_ARRAY),
+        ],
+    )
+    .await
 }

@@ -16,11 +16,13 @@
 //! - `reconcile`: re-enqueues pending jobs the queue does not hold.
 //! - `queue`: the Redis stream, leases, delayed retries.
 //! - `runner`: runs jobs with bounded concurrency, timeouts, heartbeats, graceful shutdown.
+//! - `completer`: records successful jobs in batches (one statement, one Redis call).
 //! - `retry`: retry schedules from `retry_policies`.
 //! - `jobs`: the job handlers (`recompute_rating`, `notify_owner`).
 //! - `backoff`, `telemetry`: capped backoff for failing loops; logging.
 
 pub mod backoff;
+pub mod completer;
 pub mod config;
 pub mod jobs;
 pub mod listener;

@@ -55,12 +55,18 @@ for _, id in ipairs(ARGV) do
 end
 return added";
 
-/// Acknowledges a delivery and forgets the job (it finished or died).
+/// Acknowledges deliveries and forgets their jobs (they finished or died). ARGV: the group,
+/// then entry id and job id pairs.
 const FINISH: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('SREM', KEYS[2], ARGV[3])
-return 1";
+local entries, jobs = {}, {}
+for i = 2, #ARGV, 2 do
+  entries[#entries + 1] = ARGV[i]
+  jobs[#jobs + 1] = ARGV[i + 1]
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
+redis.call('SREM', KEYS[2], unpack(jobs))
+return #entries";
 
 /// Acknowledges a delivery and schedules the job again after ARGV[4] ms of Redis's clock.
 const RETRY: &str = r"
@@ -272,15 +278,21 @@ impl JobQueue {
 
     /// The job finished (done or dead): acknowledge and forget it.
     pub async fn finish(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.finish_all(std::slice::from_ref(delivery)).await
+    }
+
+    /// Jobs finished (done or dead): acknowledge and forget them, in one round trip.
+    pub async fn finish_all(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn().await?;
-        self.finish
-            .key(&self.keys.stream)
-            .key(&self.keys.known)
-            .arg(GROUP)
-            .arg(&delivery.entry_id)
-            .arg(delivery.job_id)
-            .invoke_async::<i64>(&mut *conn)
-            .await?;
+        let mut invocation = self.finish.key(&self.keys.stream);
+        invocation.key(&self.keys.known).arg(GROUP);
+        for delivery in deliveries {
+            invocation.arg(&delivery.entry_id).arg(delivery.job_id);
+        }
+        invocation.invoke_async::<i64>(&mut *conn).await?;
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 //! The runner: reads job ids from the queue and runs the jobs, at most `WORKER_CONCURRENCY`
 //! at once.
 //!
-//! For each delivery it records the attempt in Postgres *before* running the job (so a job
-//! that crashes its worker still reaches its dead letter), runs the handler in a task of its
-//! own (a panic fails only that job) under a timeout shorter than the lease, then records the
-//! outcome in Postgres and only then acknowledges the delivery in Redis. While jobs run, a
-//! heartbeat renews their leases; leases that expired elsewhere are taken back and run here.
+//! For each batch of deliveries it records the attempts in Postgres, in one statement,
+//! *before* running the jobs (so a job that crashes its worker still reaches its dead
+//! letter), runs each handler in a task of its own (a panic fails only that job) under a
+//! timeout shorter than the lease, then records the outcome in Postgres and only then
+//! acknowledges the delivery in Redis (successes in batches: see `completer`). While jobs
+//! run, a heartbeat renews their leases; leases that expired elsewhere are taken back and run
+//! here.
 //!
 //! On shutdown it stops reading, lets running jobs finish within the grace period, and hands
 //! back the rest (their attempt is given back too).
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use reviews_db::jobs::{self, JobState, StartedJob};
 use reviews_db::Db;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::completer::Completer;
 use crate::jobs::{JobContext, JobError, JobHandlers};
 use crate::queue::{is_missing_group, Delivery, JobQueue};
 use crate::retry::{RetryPolicies, RetryPolicy};
@@ -35,7 +39,14 @@ pub struct RunnerStats {
     pub dead: AtomicU64,
     pub taken_back: AtomicU64,
     pub skipped: AtomicU64,
+    /// Statements that recorded attempts (one per batch of deliveries).
+    pub start_batches: AtomicU64,
+    /// Statements that recorded successes (one per batch: see `completer`).
+    pub completion_batches: AtomicU64,
 }
+
+/// A delivery whose job started, with its slot.
+type StartedDelivery = (Delivery, StartedJob, OwnedSemaphorePermit);
 
 /// How a job's run ended.
 #[derive(Debug)]
@@ -61,12 +72,17 @@ pub struct Runner {
     held: Arc<Mutex<HashMap<String, Delivery>>>,
     /// Rung when this runner schedules a retry, so the promoter recomputes its sleep.
     retry_scheduled: Arc<Notify>,
+    completer: Completer,
 }
 
 /// How long one blocking read waits before it is issued again.
 const READ_BLOCK: Duration = Duration::from_secs(5);
 
+/// How long the reader waits for half its slots to free up before reading with fewer.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
+
 impl Runner {
+    /// Call within a tokio runtime (the completer's task starts here).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
@@ -79,7 +95,9 @@ impl Runner {
         shutdown_grace: Duration,
         poll_interval: Duration,
     ) -> Self {
+        let stats = Arc::<RunnerStats>::default();
         Runner {
+            completer: Completer::start(db.clone(), queue.clone(), stats.clone()),
             db,
             queue,
             handlers,
@@ -90,7 +108,7 @@ impl Runner {
             job_timeout,
             shutdown_grace,
             poll_interval,
-            stats: Arc::default(),
+            stats,
             held: Arc::default(),
             retry_scheduled: Arc::default(),
         }
@@ -140,10 +158,7 @@ impl Runner {
                 _ = shutdown.cancelled() => return,
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
             };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
+            let mut permits = self.gather_slots(slots, first).await;
             if connection.is_none() {
                 match self.queue.blocking_connection().await {
                     Ok(conn) => connection = Some(conn),
@@ -162,9 +177,9 @@ impl Runner {
             match read {
                 Ok(deliveries) => {
                     backoff.reset();
-                    for delivery in deliveries {
-                        let permit = permits.pop().expect("one permit per delivery");
-                        self.spawn_job(running, delivery, permit);
+                    permits.truncate(deliveries.len());
+                    if !deliveries.is_empty() {
+                        self.spawn_batch(running, deliveries, permits);
                     }
                 }
                 Err(error) if is_missing_group(&error) => {
@@ -190,6 +205,32 @@ impl Runner {
         }
     }
 
+    /// Takes the free slots that come with `first`. While jobs run back to back, slots free
+    /// up one at a time; reading (and starting) one job per slot would cost a statement per
+    /// job, so when fewer than half the slots are free this waits a moment (at most
+    /// [`GATHER_WAIT`]) for more. An idle runner has all its slots free and does not wait.
+    async fn gather_slots(
+        &self,
+        slots: &Arc<Semaphore>,
+        first: OwnedSemaphorePermit,
+    ) -> Vec<OwnedSemaphorePermit> {
+        let mut permits = vec![first];
+        let enough = self.concurrency.div_ceil(2);
+        let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+        loop {
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            if permits.len() >= enough {
+                return permits;
+            }
+            match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+                Ok(permit) => permits.push(permit.expect("semaphore closed")),
+                Err(_) => return permits,
+            }
+        }
+    }
+
     async fn pause(
         &self,
         backoff: &mut Backoff,
@@ -205,52 +246,181 @@ impl Runner {
         }
     }
 
-    fn spawn_job(
+    /// Starts a batch of deliveries (one statement records all their attempts), then runs
+    /// each started job and settles it; each delivery's permit is freed when its job is.
+    fn spawn_batch(
         &self,
         running: &mut tokio::task::JoinSet<()>,
-        delivery: Delivery,
-        permit: OwnedSemaphorePermit,
+        deliveries: Vec<Delivery>,
+        permits: Vec<OwnedSemaphorePermit>,
     ) {
-        self.held
-            .lock()
-            .expect("held lock poisoned")
-            .insert(delivery.entry_id.clone(), delivery.clone());
+        debug_assert_eq!(deliveries.len(), permits.len());
+        {
+            let mut held = self.held.lock().expect("held lock poisoned");
+            for delivery in &deliveries {
+                held.insert(delivery.entry_id.clone(), delivery.clone());
+            }
+        }
         let runner = self.clone();
         running.spawn(async move {
-            if let Err(error) = runner.process(&delivery).await {
-                // The delivery stays leased; when the lease expires it is taken back and
-                // tried again, so nothing is lost.
-                tracing::warn!(
-                    job.id = delivery.job_id,
-                    error = format!("{error:#}"),
-                    "could not record a job's outcome; it will be retried after its lease"
-                );
+            let fallback_max = RetryPolicy::FALLBACK.max_attempts;
+            let ids: Vec<i64> = deliveries.iter().map(|d| d.job_id).collect();
+            runner.stats.start_batches.fetch_add(1, Ordering::Relaxed);
+            let started = async {
+                let conn = runner.db.conn().await?;
+                anyhow::Ok(jobs::start_jobs(&conn, &ids, fallback_max).await?)
+            };
+            let mut started: HashMap<i64, StartedJob> = match started.await {
+                Ok(jobs) => jobs.into_iter().map(|job| (job.id, job)).collect(),
+                Err(error) => {
+                    // The deliveries stay leased; when the leases expire they are taken back
+                    // and tried again, so nothing is lost.
+                    tracing::warn!(
+                        jobs = ids.len(),
+                        error = format!("{error:#}"),
+                        "could not start jobs; they will be retried after their lease"
+                    );
+                    runner.release(&deliveries);
+                    return;
+                }
+            };
+            // Jobs of batched kinds run together, one handler call per kind; the rest one
+            // by one. All settle one by one.
+            let mut singles = Vec::new();
+            let mut groups: HashMap<String, Vec<StartedDelivery>> = HashMap::new();
+            for (delivery, permit) in deliveries.into_iter().zip(permits) {
+                match started.remove(&delivery.job_id) {
+                    Some(job) if runner.handlers.runs_in_batches(&job.kind) => groups
+                        .entry(job.kind.clone())
+                        .or_default()
+                        .push((delivery, job, permit)),
+                    job => singles.push((delivery, job, permit)),
+                }
             }
-            runner
-                .held
-                .lock()
-                .expect("held lock poisoned")
-                .remove(&delivery.entry_id);
-            drop(permit);
+            let single_runs = singles.into_iter().map(|(delivery, job, permit)| {
+                let runner = runner.clone();
+                async move {
+                    let settled = match job {
+                        Some(job) => runner.run_and_settle(&delivery, job).await,
+                        None => runner.settle_unstartable(&delivery, fallback_max).await,
+                    };
+                    runner.let_go(&delivery, settled, permit);
+                }
+                .boxed()
+            });
+            let group_runs = groups.into_values().map(|group| {
+                let runner = runner.clone();
+                async move { runner.run_group(group).await }.boxed()
+            });
+            futures::future::join_all(single_runs.chain(group_runs)).await;
         });
     }
 
-    /// Starts, runs and settles one delivered job.
-    async fn process(&self, delivery: &Delivery) -> anyhow::Result<()> {
-        let fallback_max = RetryPolicy::FALLBACK.max_attempts;
-        let started = {
-            let conn = self.db.conn().await?;
-            jobs::start_job(&conn, delivery.job_id, fallback_max).await?
+    /// Done with a delivery: settled, or (on error) left to its lease.
+    fn let_go(
+        &self,
+        delivery: &Delivery,
+        settled: anyhow::Result<()>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if let Err(error) = settled {
+            // The delivery stays leased; when the lease expires it is taken back and tried
+            // again, so nothing is lost.
+            tracing::warn!(
+                job.id = delivery.job_id,
+                error = format!("{error:#}"),
+                "could not record a job's outcome; it will be retried after its lease"
+            );
+        }
+        self.release(std::slice::from_ref(delivery));
+        drop(permit);
+    }
+
+    /// Runs started jobs of one batched kind in one handler call, then settles each.
+    async fn run_group(&self, group: Vec<StartedDelivery>) {
+        let Some(kind) = group.first().map(|(_, job, _)| job.kind.clone()) else {
+            return;
         };
-        let Some(job) = started else {
-            return self.settle_unstartable(delivery, fallback_max).await;
+        self.stats
+            .started
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        metrics::counter!("job_attempts_total", "kind" => kind.clone())
+            .increment(group.len() as u64);
+        let contexts = group.iter().map(|(_, job, _)| self.context(job)).collect();
+        let started_at = std::time::Instant::now();
+        let outcomes = self.run_batch_with_timeout(&kind, contexts).await;
+        let took = started_at.elapsed().as_secs_f64();
+        let settles =
+            group
+                .into_iter()
+                .zip(outcomes)
+                .map(|((delivery, job, permit), outcome)| async move {
+                    metrics::histogram!("job_duration_seconds", "kind" => job.kind.clone())
+                        .record(took);
+                    let settled = self
+                        .settle(&delivery, &job, outcome)
+                        .instrument(job_span(&job))
+                        .await;
+                    self.let_go(&delivery, settled, permit);
+                });
+        futures::future::join_all(settles).await;
+    }
+
+    /// Runs a batched kind's handler in its own task: a panic or a timeout fails the jobs of
+    /// this call only. One outcome per job, in order.
+    async fn run_batch_with_timeout(&self, kind: &str, jobs: Vec<JobContext>) -> Vec<RunOutcome> {
+        let count = jobs.len();
+        let all_failed = |message: String| {
+            (0..count)
+                .map(|_| RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!("{message}"))))
+                .collect()
         };
+        let task = tokio::spawn(self.handlers.run_batch(kind, jobs));
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.job_timeout, task).await {
+            Ok(Ok(results)) if results.len() == count => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(()) => RunOutcome::Succeeded,
+                    Err(error) => RunOutcome::Failed(error),
+                })
+                .collect(),
+            Ok(Ok(results)) => all_failed(format!(
+                "the batch handler returned {} results for {count} jobs",
+                results.len()
+            )),
+            Ok(Err(join_error)) => {
+                all_failed(format!("job panicked: {}", panic_message(join_error)))
+            }
+            Err(_) => {
+                abort.abort();
+                all_failed(format!("job timed out after {:?}", self.job_timeout))
+            }
+        }
+    }
+
+    fn context(&self, job: &StartedJob) -> JobContext {
+        JobContext {
+            db: self.db.clone(),
+            job_id: job.id,
+            attempt: job.attempt,
+            payload: job.payload.clone(),
+        }
+    }
+
+    /// Forgets deliveries this runner no longer holds (settled, or left to their lease).
+    fn release(&self, deliveries: &[Delivery]) {
+        let mut held = self.held.lock().expect("held lock poisoned");
+        for delivery in deliveries {
+            held.remove(&delivery.entry_id);
+        }
+    }
+
+    /// Runs one started job and settles it.
+    async fn run_and_settle(&self, delivery: &Delivery, job: StartedJob) -> anyhow::Result<()> {
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("job_attempts_total", "kind" => job.kind.clone()).increment(1);
-        let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind,
-            job.attempt = job.attempt,
-            request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""),
-            actor.id = job.payload.get("actor_id").and_then(|v| v.as_str()).unwrap_or(""));
+        let span = job_span(&job);
         async {
             let started_at = std::time::Instant::now();
             let outcome = self.run_with_timeout(&job).await;
@@ -264,13 +434,7 @@ impl Runner {
 
     /// Runs the handler in its own task: a panic or a timeout fails this job only.
     async fn run_with_timeout(&self, job: &StartedJob) -> RunOutcome {
-        let context = JobContext {
-            db: self.db.clone(),
-            job_id: job.id,
-            attempt: job.attempt,
-            payload: job.payload.clone(),
-        };
-        let task = tokio::spawn(self.handlers.run(&job.kind, context));
+        let task = tokio::spawn(self.handlers.run(&job.kind, self.context(job)));
         let abort = task.abort_handle();
         match tokio::time::timeout(self.job_timeout, task).await {
             Ok(Ok(Ok(()))) => RunOutcome::Succeeded,
@@ -298,11 +462,9 @@ impl Runner {
         job: &StartedJob,
         outcome: RunOutcome,
     ) -> anyhow::Result<()> {
-        let conn = self.db.conn().await?;
-        match outcome {
+        let failure = match outcome {
             RunOutcome::Succeeded => {
-                jobs::complete_job(&conn, job.id).await?;
-                self.queue.finish(delivery).await?;
+                self.completer.complete(delivery.clone()).await?;
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 record_run(&job.kind, "succeeded");
                 // From the job's creation (the event's relay) to its success.
@@ -310,56 +472,84 @@ impl Runner {
                 metrics::histogram!("job_end_to_end_seconds", "kind" => job.kind.clone())
                     .record(latency as f64 / 1000.0);
                 tracing::debug!("job succeeded");
+                return Ok(());
             }
-            RunOutcome::Failed(JobError::Permanent(error)) => {
+            RunOutcome::Failed(failure) => failure,
+        };
+        let (error, asked_after) = match failure {
+            JobError::Permanent(error) => {
                 let message = format!("{error:#}");
-                jobs::bury_job(&conn, job.id, &message).await?;
-                self.queue.finish(delivery).await?;
-                self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                record_run(&job.kind, "dead");
-                tracing::error!(error = %message, "job failed permanently; now a dead letter");
+                return self
+                    .bury(
+                        delivery,
+                        job,
+                        &message,
+                        "job failed permanently; now a dead letter",
+                    )
+                    .await;
             }
-            RunOutcome::Failed(JobError::Deferred { after, reason }) => {
+            JobError::Deferred { after, reason } => {
                 // Not an attempt: give it back, and run the job again later.
-                jobs::hand_back_job(&conn, job.id).await?;
-                jobs::schedule_retry(&conn, job.id, after.as_millis() as i64, &reason).await?;
+                {
+                    let conn = self.db.conn().await?;
+                    jobs::hand_back_job(&conn, job.id).await?;
+                    jobs::schedule_retry(&conn, job.id, after.as_millis() as i64, &reason).await?;
+                }
                 self.queue.retry_later(delivery, after).await?;
                 self.retry_scheduled.notify_one();
                 record_run(&job.kind, "deferred");
                 tracing::debug!(%reason, "job deferred");
+                return Ok(());
             }
-            RunOutcome::Failed(
-                failure @ (JobError::Retryable(_) | JobError::RetryAfter { .. }),
-            ) => {
-                let (error, asked_after) = match failure {
-                    JobError::RetryAfter { after, error } => (error, Some(after)),
-                    JobError::Retryable(error) => (error, None),
-                    _ => unreachable!("matched above"),
-                };
-                let message = format!("{error:#}");
-                let policy = self.policies.for_kind(&job.kind);
-                if job.attempt >= policy.max_attempts {
-                    jobs::bury_job(&conn, job.id, &message).await?;
-                    self.queue.finish(delivery).await?;
-                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                    record_run(&job.kind, "dead");
-                    tracing::error!(error = %message, "job used up its attempts; now a dead letter");
-                } else {
-                    // A Retry-After is honoured, but never beyond the policy's cap.
-                    let cap = Duration::from_millis(policy.max_delay_ms.max(0) as u64);
-                    let delay = match asked_after {
-                        Some(after) => policy.next_delay(job.attempt).max(after).min(cap),
-                        None => policy.next_delay(job.attempt),
-                    };
-                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &message).await?;
-                    self.queue.retry_later(delivery, delay).await?;
-                    self.retry_scheduled.notify_one();
-                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    record_run(&job.kind, "retried");
-                    tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-                }
-            }
+            JobError::RetryAfter { after, error } => (error, Some(after)),
+            JobError::Retryable(error) => (error, None),
+        };
+        let message = format!("{error:#}");
+        let policy = self.policies.for_kind(&job.kind);
+        if job.attempt >= policy.max_attempts {
+            return self
+                .bury(
+                    delivery,
+                    job,
+                    &message,
+                    "job used up its attempts; now a dead letter",
+                )
+                .await;
         }
+        // A Retry-After is honoured, but never beyond the policy's cap.
+        let cap = Duration::from_millis(policy.max_delay_ms.max(0) as u64);
+        let delay = match asked_after {
+            Some(after) => policy.next_delay(job.attempt).max(after).min(cap),
+            None => policy.next_delay(job.attempt),
+        };
+        {
+            let conn = self.db.conn().await?;
+            jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &message).await?;
+        }
+        self.queue.retry_later(delivery, delay).await?;
+        self.retry_scheduled.notify_one();
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        record_run(&job.kind, "retried");
+        tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+        Ok(())
+    }
+
+    /// Ends a started job as a dead letter.
+    async fn bury(
+        &self,
+        delivery: &Delivery,
+        job: &StartedJob,
+        message: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        {
+            let conn = self.db.conn().await?;
+            jobs::bury_job(&conn, job.id, message).await?;
+        }
+        self.queue.finish(delivery).await?;
+        self.stats.dead.fetch_add(1, Ordering::Relaxed);
+        record_run(&job.kind, "dead");
+        tracing::error!(error = %message, "{why}");
         Ok(())
     }
 
@@ -443,6 +633,8 @@ impl Runner {
                 .await
             {
                 Ok(deliveries) => {
+                    let mut taken = Vec::new();
+                    let mut permits = Vec::new();
                     for delivery in deliveries {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             break;
@@ -453,7 +645,11 @@ impl Runner {
                             job.id = delivery.job_id,
                             "took back a job whose lease expired"
                         );
-                        self.spawn_job(&mut running, delivery, permit);
+                        taken.push(delivery);
+                        permits.push(permit);
+                    }
+                    if !taken.is_empty() {
+                        self.spawn_batch(&mut running, taken, permits);
                     }
                 }
                 Err(error) if is_missing_group(&error) => {}
@@ -509,6 +705,14 @@ impl Runner {
             }
         }
     }
+}
+
+/// A job's span: its logs carry the job and the request and actor that caused it.
+fn job_span(job: &StartedJob) -> tracing::Span {
+    tracing::info_span!("job", job.id = job.id, job.kind = %job.kind,
+        job.attempt = job.attempt,
+        request.id = job.payload.get("request_id").and_then(|v| v.as_str()).unwrap_or(""),
+        actor.id = job.payload.get("actor_id").and_then(|v| v.as_str()).unwrap_or(""))
 }
 
 /// Counts a finished run; dead letters also get their own counter.

@@ -64,11 +64,17 @@ pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<
 pub type Handler =
     Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
-/// Which handler runs which kind of job. Tests add kinds of their own (a job that always
-/// fails, one that panics) without touching the real ones.
+/// A handler of several jobs of one kind at once: one result per job, in the jobs' order.
+pub type BatchHandler =
+    Arc<dyn Fn(Vec<JobContext>) -> BoxFuture<'static, Vec<Result<(), JobError>>> + Send + Sync>;
+
+/// Which handler runs which kind of job: one job at a time, or (for kinds whose work is a
+/// statement per job) all the jobs of a kind started together. Tests add kinds of their own
+/// (a job that always fails, one that panics) without touching the real ones.
 #[derive(Clone)]
 pub struct JobHandlers {
     by_kind: HashMap<String, Handler>,
+    batches_by_kind: HashMap<String, BatchHandler>,
 }
 
 impl JobHandlers {
@@ -76,12 +82,18 @@ impl JobHandlers {
     pub fn standard() -> Self {
         JobHandlers {
             by_kind: HashMap::new(),
+            batches_by_kind: HashMap::new(),
         }
         .with(recompute_rating::KIND, |job| {
             Box::pin(async move { recompute_rating::run(&job.db, &job.payload).await })
         })
-        .with(notify_owner::KIND, |job| {
-            Box::pin(async move { notify_owner::run(&job.db, &job.payload).await })
+        .with_batches(notify_owner::KIND, |jobs| {
+            Box::pin(async move {
+                let Some(db) = jobs.first().map(|job| job.db.clone()) else {
+                    return Vec::new();
+                };
+                notify_owner::run_batch(&db, &jobs).await
+            })
         })
         .with_webhooks(deliver_webhook::WebhookSettings::default())
     }
@@ -95,17 +107,70 @@ impl JobHandlers {
         })
     }
 
-    /// Adds (or replaces) the handler of `kind`.
+    /// Adds (or replaces) the handler of `kind`: one job at a time.
     pub fn with<F>(mut self, kind: &str, handler: F) -> Self
     where
         F: Fn(JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync + 'static,
     {
+        self.batches_by_kind.remove(kind);
         self.by_kind.insert(kind.to_owned(), Arc::new(handler));
         self
     }
 
-    /// Runs one job of `kind`; an unknown kind fails permanently.
+    /// Adds (or replaces) the handler of `kind`: the jobs started together, at once.
+    pub fn with_batches<F>(mut self, kind: &str, handler: F) -> Self
+    where
+        F: Fn(Vec<JobContext>) -> BoxFuture<'static, Vec<Result<(), JobError>>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.by_kind.remove(kind);
+        self.batches_by_kind
+            .insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// Whether jobs of `kind` run in batches ([`JobHandlers::run_batch`]).
+    pub fn runs_in_batches(&self, kind: &str) -> bool {
+        self.batches_by_kind.contains_key(kind)
+    }
+
+    /// Runs jobs of a batched `kind` at once; one result per job, in order.
+    pub fn run_batch(
+        &self,
+        kind: &str,
+        jobs: Vec<JobContext>,
+    ) -> BoxFuture<'static, Vec<Result<(), JobError>>> {
+        match self.batches_by_kind.get(kind) {
+            Some(handler) => handler(jobs),
+            // Not a batched kind: its jobs one after another.
+            None => {
+                let runs: Vec<_> = jobs.into_iter().map(|job| self.run(kind, job)).collect();
+                Box::pin(async move {
+                    let mut results = Vec::with_capacity(runs.len());
+                    for run in runs {
+                        results.push(run.await);
+                    }
+                    results
+                })
+            }
+        }
+    }
+
+    /// Runs one job of `kind` (a batch of one, for batched kinds); an unknown kind fails
+    /// permanently.
     pub fn run(&self, kind: &str, job: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        if let Some(handler) = self.batches_by_kind.get(kind) {
+            let batch = handler(vec![job]);
+            return Box::pin(async move {
+                batch.await.pop().unwrap_or_else(|| {
+                    Err(JobError::Retryable(anyhow::anyhow!(
+                        "the batch handler returned no result"
+                    )))
+                })
+            });
+        }
         match self.by_kind.get(kind) {
             Some(handler) => handler(job),
             None => {

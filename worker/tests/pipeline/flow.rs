@@ -28,8 +28,21 @@ async fn a_worker_started_after_1000_events_drains_them_all() {
 
     let worker = p.start_worker().await;
     p.wait_until_idle(Duration::from_secs(60)).await;
+    let stats = &worker.worker.stats;
+    let (succeeded, start_batches, completion_batches) = (
+        stats.succeeded.load(Ordering::Relaxed),
+        stats.start_batches.load(Ordering::Relaxed),
+        stats.completion_batches.load(Ordering::Relaxed),
+    );
     worker.stop().await;
 
+    // A backlog is worked in batches: attempts and successes are recorded many jobs per
+    // statement, not one each.
+    assert!(succeeded >= 1000, "{succeeded} jobs succeeded");
+    assert!(
+        start_batches * 4 < succeeded && completion_batches * 4 < succeeded,
+        "{succeeded} jobs took {start_batches} start and {completion_batches} completion statements"
+    );
     p.assert_one_notification_per_event(1000).await;
     p.assert_ratings_match_reviews().await;
     let counts: Vec<i32> = p
