@@ -107,7 +107,8 @@ impl Stack {
             .env("OUTBOX_POLL_INTERVAL", "5s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Warnings and errors, for a run that goes wrong (the file is appended to).
+            .stderr(log_file("target/bench-worker.log")?)
             .spawn()
             .context("starting target/release/reviews-worker (cargo build --release)")?;
         self.worker = Some(child);
@@ -195,6 +196,14 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+fn log_file(path: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))
 }
 
 pub async fn connect(url: &str) -> anyhow::Result<Client> {

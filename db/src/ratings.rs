@@ -68,15 +68,21 @@ pub async fn ratings_by_product_ids<C: AsClient>(
     Ok(rows.iter().map(RatingSummary::from).collect())
 }
 
-/// Recomputes a product's summary from its reviews (see `recompute_product_rating` in
-/// db/migrations: serialised per product, a no-op for a product that is gone).
-pub async fn recompute_rating<C: AsClient>(
+/// Recomputes products' summaries from their reviews, in one statement and transaction (see
+/// `recompute_product_rating` in db/migrations: serialised per product, a no-op for a
+/// product that is gone). Products are taken in id order, so two batches that share
+/// products take their locks in the same order and cannot deadlock.
+pub async fn recompute_ratings<C: AsClient>(
     db: &Sql<C>,
-    product_id: Uuid,
+    product_ids: &[Uuid],
 ) -> Result<(), StoreError> {
+    if product_ids.is_empty() {
+        return Ok(());
+    }
     db.execute_typed(
-        "select recompute_product_rating($1)",
-        &[(&product_id, tokio_postgres::types::Type::UUID)],
+        "select recompute_product_rating(id)
+         from (select distinct id from unnest($1::uuid[]) as wanted (id) order by id) ids",
+        &[(&product_ids, tokio_postgres::types::Type::UUID_ARRAY)],
     )
     .await?;
     Ok(())

@@ -60,6 +60,26 @@ pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<
         .map_err(|e| JobError::Permanent(anyhow::anyhow!("unreadable payload: {e}")))
 }
 
+/// The results of a batch whose jobs share one statement: a job whose payload did not parse
+/// keeps its own error; the others succeed with the statement or all fail with it (and are
+/// retried).
+fn each_result<P, T>(
+    parsed: Vec<Result<P, JobError>>,
+    statement: Result<T, reviews_db::StoreError>,
+) -> Vec<Result<(), JobError>> {
+    let failure = statement
+        .err()
+        .map(|error| format!("{:#}", anyhow::Error::from(error)));
+    parsed
+        .into_iter()
+        .map(|p| match (p, &failure) {
+            (Err(error), _) => Err(error),
+            (Ok(_), None) => Ok(()),
+            (Ok(_), Some(message)) => Err(JobError::Retryable(anyhow::anyhow!("{message}"))),
+        })
+        .collect()
+}
+
 /// A job handler: takes the database and the job's payload.
 pub type Handler =
     Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
@@ -84,8 +104,13 @@ impl JobHandlers {
             by_kind: HashMap::new(),
             batches_by_kind: HashMap::new(),
         }
-        .with(recompute_rating::KIND, |job| {
-            Box::pin(async move { recompute_rating::run(&job.db, &job.payload).await })
+        .with_batches(recompute_rating::KIND, |jobs| {
+            Box::pin(async move {
+                let Some(db) = jobs.first().map(|job| job.db.clone()) else {
+                    return Vec::new();
+                };
+                recompute_rating::run_batch(&db, &jobs).await
+            })
         })
         .with_batches(notify_owner::KIND, |jobs| {
             Box::pin(async move {

@@ -42,19 +42,8 @@ pub async fn run_batch(db: &Db, jobs: &[JobContext]) -> Vec<Result<(), JobError>
         notify_product_owners(&conn, &events).await
     }
     .await;
-    let failure = match written {
-        Ok(written) => {
-            tracing::debug!(events = events.len(), written, "owners notified");
-            None
-        }
-        Err(error) => Some(format!("{:#}", anyhow::Error::from(error))),
-    };
-    parsed
-        .into_iter()
-        .map(|p| match (p, &failure) {
-            (Err(error), _) => Err(error),
-            (Ok(_), None) => Ok(()),
-            (Ok(_), Some(message)) => Err(JobError::Retryable(anyhow::anyhow!("{message}"))),
-        })
-        .collect()
+    if let Ok(written) = &written {
+        tracing::debug!(events = events.len(), written, "owners notified");
+    }
+    super::each_result(parsed, written)
 }

@@ -5,6 +5,7 @@ mod capture;
 mod faults;
 mod flow;
 mod metrics;
+mod plans;
 mod retries;
 mod support;
 mod webhooks;

@@ -1,0 +1,75 @@
+//! The batched job statements must find jobs through the primary key whatever the table's
+//! statistics say. When they say pending jobs are rare (most jobs done, or analyzed before a
+//! burst), a statement that says `status = 'pending'` tempts the planner into reading the
+//! partial index of *all* pending jobs for every wanted id; during a 100,000-job backlog that
+//! made the drain 15 times slower.
+
+use reviews_db::jobs::{complete_jobs_sql, start_jobs_sql};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead() {
+    let p = TestPipeline::new().await;
+    let client = p.client().await;
+    // Statistics taken while every job was done, then a burst of pending jobs.
+    client
+        .batch_execute(
+            "insert into jobs (kind, status) select 'notify_owner', 'done' from generate_series(1, 5000);
+             analyze jobs;
+             insert into jobs (kind) select 'notify_owner' from generate_series(1, 50000);",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = client
+        .query(
+            "select id from jobs where status = 'pending' order by id limit 100",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = |sql: String| {
+        let client = &client;
+        let ids = ids.clone();
+        async move {
+            let fallback_max_attempts = 10i32;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&ids, &fallback_max_attempts];
+            let used = if sql.contains("$2") { 2 } else { 1 };
+            client
+                .query(&format!("explain {sql}"), &params[..used])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+
+    // The trap is real: the plain form reads the pending index under these statistics.
+    let naive =
+        plan("update jobs set status = 'done' where id = any($1) and status = 'pending'".into())
+            .await;
+    assert!(naive.contains("jobs_pending_run_at"), "{naive}");
+
+    for sql in [start_jobs_sql(), complete_jobs_sql()] {
+        let plan = plan(sql).await;
+        assert!(!plan.contains("jobs_pending_run_at"), "{plan}");
+        assert!(plan.contains("jobs_pkey"), "{plan}");
+    }
+
+    // And they do their job: start records an attempt, complete marks done.
+    let conn = p.db.conn().await.unwrap();
+    let started = reviews_db::jobs::start_jobs(&conn, &ids, 10).await.unwrap();
+    assert_eq!(started.len(), ids.len());
+    assert!(started.iter().all(|job| job.attempt == 1));
+    reviews_db::jobs::complete_jobs(&conn, &ids).await.unwrap();
+    let done = p
+        .count("select count(*) from jobs where status = 'done' and attempts = 1")
+        .await;
+    assert_eq!(done, ids.len() as i64);
+}
