@@ -20,11 +20,20 @@ pub struct DocumentFacts {
 /// Reads the facts, or None when the document does not parse (the executor reports that).
 pub fn inspect(query: &str, operation_name: Option<&str>) -> Option<DocumentFacts> {
     let document = async_graphql::parser::parse_query(query).ok()?;
-    Some(DocumentFacts {
-        operation: operation_type(&document, operation_name),
-        aliases: count_aliases(&document),
-        introspects: introspects(&document),
-    })
+    Some(inspect_document(&document, operation_name))
+}
+
+/// The facts of a parsed document. The HTTP layer parses through the request
+/// (`Request::parsed_query`), which keeps the document for the executor: parsed once.
+pub fn inspect_document(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+) -> DocumentFacts {
+    DocumentFacts {
+        operation: operation_type(document, operation_name),
+        aliases: count_aliases(document),
+        introspects: introspects(document),
+    }
 }
 
 fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {

@@ -7,6 +7,11 @@ use clap::Parser;
 use reviews_api::config::{AppEnv, Cli, Command, Limits};
 use reviews_api::{graphql, telemetry};
 
+/// mimalloc instead of glibc's malloc: a GraphQL request allocates many small, short-lived
+/// values, and glibc's malloc/free took ~12% of the API's CPU under the page-query load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

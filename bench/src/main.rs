@@ -127,11 +127,14 @@ async fn main() -> anyhow::Result<()> {
             &format!("{via} {rate}/s (achieved {achieved:.0}/s): commit -> job start"),
             lat(&job),
         );
+        let (to_relay, relay_to_start) = measure::job_start_split(&client).await?;
+        row("  of which commit -> relay's claim", lat(&to_relay));
+        row("  and relay's claim -> job start", lat(&relay_to_start));
         row(
             &format!("{via} {rate}/s: commit -> rating visible"),
             lat(&rating),
         );
-        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_rating_visible_ms": rating}));
+        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating}));
     }
 
     // Highest sustained rate: flat out, then how long the worker needs to catch up.

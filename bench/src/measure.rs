@@ -71,6 +71,24 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
     Ok(percentiles(rows.iter().map(|r| r.get(0)).collect()))
 }
 
+/// The two halves of commit → job start, in ms: commit → the relay's claim (its transaction
+/// start), and the claim → the job's start.
+pub async fn job_start_split(client: &Client) -> anyhow::Result<(Percentiles, Percentiles)> {
+    let rows = client
+        .query(
+            "select extract(epoch from o.relayed_at - o.occurred_at)::float8 * 1000,
+                    extract(epoch from j.last_started_at - o.relayed_at)::float8 * 1000
+             from outbox o join jobs j on j.event_id = o.event_id and j.kind = 'notify_owner'
+             where j.last_started_at is not null",
+            &[],
+        )
+        .await?;
+    Ok((
+        percentiles(rows.iter().map(|r| r.get(0)).collect()),
+        percentiles(rows.iter().map(|r| r.get(1)).collect()),
+    ))
+}
+
 /// Commit → rating visible: the end of the first rating recompute of the event's product
 /// that started after the event committed, in ms.
 pub async fn commit_to_rating_visible(client: &Client) -> anyhow::Result<Percentiles> {

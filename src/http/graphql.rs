@@ -22,7 +22,7 @@ use super::{error_code_label, error_response, request_id, set_request_id, AppSta
 use crate::auth::Auth;
 use crate::config::AppEnv;
 use crate::graphql::{request_data, RequestId};
-use crate::limits::inspect;
+use crate::limits::inspect_document;
 
 /// Who is calling: the Authorization header, the client's request id and address.
 pub struct Caller {
@@ -137,7 +137,13 @@ async fn execute(
         );
     }
     let auth = Auth::from_header(&state.keys, caller.authorization.as_deref());
-    if let Some(facts) = inspect(&request.query, request.operation_name.as_deref()) {
+    let mut request = request;
+    let operation_name = request.operation_name.clone();
+    let facts = request
+        .parsed_query()
+        .ok()
+        .map(|document| inspect_document(document, operation_name.as_deref()));
+    if let Some(facts) = facts {
         if facts.aliases > state.limits.max_aliases {
             let message = format!(
                 "too many aliases: {} (at most {})",
