@@ -8,6 +8,7 @@ use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::NoTls;
 
 use crate::sql::{Sql, StoreError};
+use crate::statements::CachingManager;
 
 /// Where Postgres is. `DATABASE_URL` wins; otherwise the `DB_*` parts are used.
 #[derive(Debug, Clone, clap::Args)]
@@ -104,7 +105,7 @@ impl DbArgs {
     }
 }
 
-pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub type PgPool = bb8::Pool<CachingManager>;
 
 /// The shared handle to the database: a pool plus the statement counter of everything run
 /// through it.
@@ -118,7 +119,7 @@ impl Db {
     /// Builds a pool that connects lazily, so the API can start (and answer /readyz with 503)
     /// while Postgres is still coming up.
     pub fn connect_lazy(pg: tokio_postgres::Config, max_size: u32) -> Self {
-        let manager = PostgresConnectionManager::new(pg, NoTls);
+        let manager = CachingManager(PostgresConnectionManager::new(pg, NoTls));
         let pool = bb8::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(0))
@@ -136,8 +137,7 @@ impl Db {
     /// A pooled connection that counts its statements.
     pub async fn conn(
         &self,
-    ) -> Result<Sql<bb8::PooledConnection<'static, PostgresConnectionManager<NoTls>>>, StoreError>
-    {
+    ) -> Result<Sql<bb8::PooledConnection<'static, CachingManager>>, StoreError> {
         let conn = self.pool.get_owned().await.map_err(StoreError::from_pool)?;
         Ok(Sql::new(conn, self.statements.clone()))
     }

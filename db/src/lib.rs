@@ -10,6 +10,7 @@
 //! - `config`: the connection settings (`DATABASE_URL` or `DB_*`) and the pool.
 //! - `migrate`: applies `db/migrations/*.sql` (embedded) and keeps the `schema_migrations` ledger.
 //! - `sql`: the counting connection/transaction handle and [`StoreError`].
+//! - `statements`: the pool's connections and the prepared statements each keeps.
 //! - `page`: keyset pagination (the position a cursor points at).
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
 //! - `outbox`: claiming events into jobs (the relay's statement) and the doorbell.
@@ -28,6 +29,7 @@ pub mod ratings;
 pub mod retry_policies;
 pub mod reviews;
 pub mod sql;
+pub mod statements;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod webhooks;

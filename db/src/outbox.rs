@@ -93,9 +93,7 @@ pub async fn relay_pending_events<C: AsClient>(
 
 /// Arms the doorbell: the next writer will NOTIFY. Waits (exclusive advisory lock) for every
 /// writer that may have read the bell disarmed, so a claim after this sees their rows.
-pub async fn arm_doorbell(
-    db: &mut Sql<impl std::ops::DerefMut<Target = tokio_postgres::Client>>,
-) -> Result<(), StoreError> {
+pub async fn arm_doorbell(db: &mut Sql<impl crate::sql::Connection>) -> Result<(), StoreError> {
     let tx = db.begin().await?;
     tx.execute("select pg_advisory_xact_lock(7265766965770010)", &[])
         .await?;

@@ -4,9 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
+
+use crate::statements::{CachedClient, CachingManager};
 
 /// Errors of the access layer. Constraint violations keep the constraint's name so the API
 /// can map each to a client error in one place.
@@ -66,12 +68,19 @@ impl From<tokio_postgres::Error> for StoreError {
 pub trait AsClient {
     type Client: GenericClient + Sync;
     fn as_client(&self) -> &Self::Client;
+    /// The connection's prepared statements, if it keeps them (pooled connections do).
+    fn cached(&self) -> Option<&CachedClient> {
+        None
+    }
 }
 
-impl AsClient for bb8::PooledConnection<'static, PostgresConnectionManager<NoTls>> {
+impl AsClient for bb8::PooledConnection<'_, CachingManager> {
     type Client = Client;
     fn as_client(&self) -> &Client {
         self
+    }
+    fn cached(&self) -> Option<&CachedClient> {
+        Some(self)
     }
 }
 
@@ -110,14 +119,50 @@ impl<C: AsClient> Sql<C> {
         self.statements.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The connection's prepared statement for `sql`, when it keeps them.
+    async fn prepared(&self, sql: &str, types: &[Type]) -> Result<Option<Statement>, StoreError> {
+        match self.client.cached() {
+            Some(cached) => Ok(Some(cached.prepared(sql, types).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Passes a result on; a prepared statement that Postgres no longer accepts (a schema
+    /// change altered its result) is forgotten, so the next call prepares it afresh.
+    fn checked<T>(
+        &self,
+        sql: &str,
+        result: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        if let (Err(error), Some(cached)) = (&result, self.client.cached()) {
+            if matches!(
+                error.code(),
+                Some(&SqlState::FEATURE_NOT_SUPPORTED | &SqlState::INVALID_SQL_STATEMENT_NAME)
+            ) {
+                cached.forget(sql);
+            }
+        }
+        Ok(result?)
+    }
+
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
         self.count();
-        Ok(self.client.as_client().query(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &[]).await? {
+            Some(statement) => client.query(&statement, params).await,
+            None => client.query(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
         self.count();
-        Ok(self.client.as_client().query_one(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &[]).await? {
+            Some(statement) => client.query_one(&statement, params).await,
+            None => client.query_one(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
     pub async fn query_opt(
@@ -126,63 +171,115 @@ impl<C: AsClient> Sql<C> {
         params: Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
         self.count();
-        Ok(self.client.as_client().query_opt(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &[]).await? {
+            Some(statement) => client.query_opt(&statement, params).await,
+            None => client.query_opt(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         self.count();
-        Ok(self.client.as_client().execute(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &[]).await? {
+            Some(statement) => client.execute(&statement, params).await,
+            None => client.execute(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
-    /// [`Sql::execute`] in one round trip (see [`TypedParams`]).
+    /// [`Sql::execute`] with the parameter types spelled out (see [`TypedParams`]).
     pub async fn execute_typed(
         &self,
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<u64, StoreError> {
         self.count();
-        Ok(self.client.as_client().execute_typed(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &types_of(params)).await? {
+            Some(statement) => client.execute(&statement, &values_of(params)).await,
+            None => client.execute_typed(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
-    /// [`Sql::query`] in one round trip (see [`TypedParams`]).
+    /// [`Sql::query`] with the parameter types spelled out (see [`TypedParams`]).
     pub async fn query_typed(
         &self,
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Vec<Row>, StoreError> {
         self.count();
-        Ok(self.client.as_client().query_typed(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &types_of(params)).await? {
+            Some(statement) => client.query(&statement, &values_of(params)).await,
+            None => client.query_typed(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
-    /// [`Sql::query_opt`] in one round trip (see [`TypedParams`]).
+    /// [`Sql::query_opt`] with the parameter types spelled out (see [`TypedParams`]).
     pub async fn query_typed_opt(
         &self,
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Option<Row>, StoreError> {
         self.count();
-        Ok(self.client.as_client().query_typed_opt(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &types_of(params)).await? {
+            Some(statement) => client.query_opt(&statement, &values_of(params)).await,
+            None => client.query_typed_opt(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 
-    /// [`Sql::query_one`] in one round trip (see [`TypedParams`]).
+    /// [`Sql::query_one`] with the parameter types spelled out (see [`TypedParams`]).
     pub async fn query_typed_one(
         &self,
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Row, StoreError> {
         self.count();
-        Ok(self.client.as_client().query_typed_one(sql, params).await?)
+        let client = self.client.as_client();
+        let result = match self.prepared(sql, &types_of(params)).await? {
+            Some(statement) => client.query_one(&statement, &values_of(params)).await,
+            None => client.query_typed_one(sql, params).await,
+        };
+        self.checked(sql, result)
     }
 }
 
-impl<C> Sql<C>
-where
-    C: std::ops::DerefMut<Target = Client>,
-{
+fn types_of(params: TypedParams<'_>) -> Vec<Type> {
+    params.iter().map(|(_, ty)| ty.clone()).collect()
+}
+
+fn values_of<'p>(params: TypedParams<'p>) -> Vec<&'p (dyn ToSql + Sync)> {
+    params.iter().map(|(value, _)| *value).collect()
+}
+
+/// A connection that can start transactions (not a transaction itself).
+pub trait Connection {
+    fn client_mut(&mut self) -> &mut Client;
+}
+
+impl Connection for bb8::PooledConnection<'_, CachingManager> {
+    fn client_mut(&mut self) -> &mut Client {
+        self
+    }
+}
+
+impl Connection for Client {
+    fn client_mut(&mut self) -> &mut Client {
+        self
+    }
+}
+
+impl<C: Connection> Sql<C> {
     /// Starts a transaction on this connection; it rolls back unless committed.
     pub async fn begin(&mut self) -> Result<Sql<Transaction<'_>>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        let tx = self.client.transaction().await?;
+        let tx = self.client.client_mut().transaction().await?;
         Ok(Sql::new(tx, self.statements.clone()))
     }
 }
