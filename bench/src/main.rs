@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "target/bench.json")]
     json: String,
     /// The worker's WORKER_CONCURRENCY (jobs at once; also the largest batch it starts).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     worker_concurrency: u32,
     /// Run only these phases (comma-separated): latency, sustained, api, drain, idle, claim.
     /// Peak memory is always reported.

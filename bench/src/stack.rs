@@ -58,7 +58,7 @@ impl Stack {
             api_port: free_port(),
             secret: "bench-secret-bench-secret-bench-secret-00".into(),
             worker_metrics_port: free_port(),
-            worker_concurrency: 32,
+            worker_concurrency: 128,
             api: None,
             worker: None,
         })
