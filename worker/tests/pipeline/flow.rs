@@ -46,17 +46,8 @@ async fn a_worker_started_after_1000_events_drains_them_all() {
     p.assert_one_notification_per_event(1000).await;
     p.assert_ratings_match_reviews().await;
     let counts: Vec<i32> = p
-        .client()
-        .await
-        .query(
-            "select review_count from product_ratings order by review_count",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .column("select review_count from product_ratings order by review_count")
+        .await;
     assert_eq!(counts, [500, 500]);
 }
 

@@ -21,16 +21,9 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
         )
         .await
         .unwrap();
-    let ids: Vec<i64> = client
-        .query(
-            "select id from jobs where status = 'pending' order by id limit 100",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<i64> = p
+        .column("select id from jobs where status = 'pending' order by id limit 100")
+        .await;
     let plan = |sql: String| {
         let client = &client;
         let ids = ids.clone();

@@ -167,6 +167,18 @@ impl TestPipeline {
             .get(0)
     }
 
+    /// The first column of every row `sql` returns.
+    pub async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(&self, sql: &str) -> Vec<T> {
+        self.client()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Waits until every outbox event is relayed and no job is pending; panics with the state
     /// after `limit`.
     pub async fn wait_until_idle(&self, limit: Duration) {
