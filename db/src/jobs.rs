@@ -206,6 +206,16 @@ pub async fn overdue_job_ids<C: AsClient>(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Of `ids`, the jobs still pending (one statement, primary-key lookups).
+pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("select j.id from {} where j.status = 'pending'", by_id(""));
+    let rows = db.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Gives back an attempt that was recorded but never ran to an end (the worker shut down
 /// and handed the job back), so a restart does not cost the job one of its attempts.
 pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {

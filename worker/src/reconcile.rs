@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::jobs::overdue_job_ids;
+use reviews_db::jobs::{overdue_job_ids, still_pending};
 use reviews_db::Db;
 
 use crate::queue::JobQueue;
@@ -37,6 +37,16 @@ impl Reconciler {
         }
         self.queue.ensure_group().await?;
         let missing = self.queue.missing(&ids).await?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        // A job that finished between our two reads looks missing: the completer marks it
+        // done in Postgres and then forgets it in Redis. Enqueue only those still pending
+        // (otherwise a finished batch got a second stream entry, delivered and skipped).
+        let missing = {
+            let conn = self.db.conn().await?;
+            still_pending(&conn, &missing).await?
+        };
         let added = self.queue.enqueue(&missing).await?;
         if added > 0 {
             tracing::warn!(

@@ -91,3 +91,22 @@ async fn a_pooled_connection_prepares_each_statement_once() {
         "the start statement is prepared once and reused"
     );
 }
+
+#[tokio::test]
+async fn reconciliation_re_checks_that_a_missing_job_is_still_pending() {
+    let p = TestPipeline::new().await;
+    let ids: Vec<i64> = p
+        .column(
+            "insert into jobs (kind, status) values
+                 ('notify_owner', 'pending'), ('notify_owner', 'done'), ('notify_owner', 'dead')
+             returning id",
+        )
+        .await;
+    let conn = p.db.conn().await.unwrap();
+    let mut asked = ids.clone();
+    asked.push(ids[2] + 1_000); // no such job
+    let pending = reviews_db::jobs::still_pending(&conn, &asked)
+        .await
+        .unwrap();
+    assert_eq!(pending, [ids[0]]);
+}
