@@ -284,35 +284,40 @@ impl Runner {
                     return;
                 }
             };
-            // Jobs of batched kinds run together, one handler call per kind; the rest one
-            // by one. All settle one by one.
-            let mut singles = Vec::new();
-            let mut groups: HashMap<String, Vec<StartedDelivery>> = HashMap::new();
+            // Jobs of batched kinds run together, one handler call per kind; other jobs are
+            // groups of one. Each settles on its own.
+            let mut unstartable = Vec::new();
+            let mut groups: Vec<Vec<StartedDelivery>> = Vec::new();
+            let mut group_of_kind: HashMap<String, usize> = HashMap::new();
             for (delivery, permit) in deliveries.into_iter().zip(permits) {
-                match started.remove(&delivery.job_id) {
-                    Some(job) if runner.handlers.runs_in_batches(&job.kind) => groups
-                        .entry(job.kind.clone())
-                        .or_default()
-                        .push((delivery, job, permit)),
-                    job => singles.push((delivery, job, permit)),
+                let Some(job) = started.remove(&delivery.job_id) else {
+                    unstartable.push((delivery, permit));
+                    continue;
+                };
+                let batched = runner.handlers.runs_in_batches(&job.kind);
+                match group_of_kind.get(&job.kind) {
+                    Some(&group) if batched => groups[group].push((delivery, job, permit)),
+                    _ => {
+                        if batched {
+                            group_of_kind.insert(job.kind.clone(), groups.len());
+                        }
+                        groups.push(vec![(delivery, job, permit)]);
+                    }
                 }
             }
-            let single_runs = singles.into_iter().map(|(delivery, job, permit)| {
+            let unstartable_runs = unstartable.into_iter().map(|(delivery, permit)| {
                 let runner = runner.clone();
                 async move {
-                    let settled = match job {
-                        Some(job) => runner.run_and_settle(&delivery, job).await,
-                        None => runner.settle_unstartable(&delivery, fallback_max).await,
-                    };
+                    let settled = runner.settle_unstartable(&delivery, fallback_max).await;
                     runner.let_go(&delivery, settled, permit);
                 }
                 .boxed()
             });
-            let group_runs = groups.into_values().map(|group| {
+            let group_runs = groups.into_iter().map(|group| {
                 let runner = runner.clone();
                 async move { runner.run_group(group).await }.boxed()
             });
-            futures::future::join_all(single_runs.chain(group_runs)).await;
+            futures::future::join_all(unstartable_runs.chain(group_runs)).await;
         });
     }
 
@@ -336,7 +341,8 @@ impl Runner {
         drop(permit);
     }
 
-    /// Runs started jobs of one batched kind in one handler call, then settles each.
+    /// Runs started jobs of one kind in one handler call (a group of one for kinds that do
+    /// not run in batches), then settles each.
     async fn run_group(&self, group: Vec<StartedDelivery>) {
         let Some(kind) = group.first().map(|(_, job, _)| job.kind.clone()) else {
             return;
@@ -347,8 +353,13 @@ impl Runner {
         metrics::counter!("job_attempts_total", "kind" => kind.clone())
             .increment(group.len() as u64);
         let contexts = group.iter().map(|(_, job, _)| self.context(job)).collect();
+        // The handler logs in the job's span, or for a batch in one naming its size.
+        let span = match &group[..] {
+            [(_, job, _)] => job_span(job),
+            _ => tracing::info_span!("jobs", job.kind = %kind, jobs = group.len()),
+        };
         let started_at = std::time::Instant::now();
-        let outcomes = self.run_batch_with_timeout(&kind, contexts).await;
+        let outcomes = self.run_batch_with_timeout(&kind, contexts, span).await;
         let took = started_at.elapsed().as_secs_f64();
         let settles =
             group
@@ -366,16 +377,21 @@ impl Runner {
         futures::future::join_all(settles).await;
     }
 
-    /// Runs a batched kind's handler in its own task: a panic or a timeout fails the jobs of
-    /// this call only. One outcome per job, in order.
-    async fn run_batch_with_timeout(&self, kind: &str, jobs: Vec<JobContext>) -> Vec<RunOutcome> {
+    /// Runs the handler in its own task: a panic or a timeout fails the jobs of this call
+    /// only. One outcome per job, in order.
+    async fn run_batch_with_timeout(
+        &self,
+        kind: &str,
+        jobs: Vec<JobContext>,
+        span: tracing::Span,
+    ) -> Vec<RunOutcome> {
         let count = jobs.len();
         let all_failed = |message: String| {
             (0..count)
                 .map(|_| RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!("{message}"))))
                 .collect()
         };
-        let task = tokio::spawn(self.handlers.run_batch(kind, jobs));
+        let task = tokio::spawn(self.handlers.run_batch(kind, jobs).instrument(span));
         let abort = task.abort_handle();
         match tokio::time::timeout(self.job_timeout, task).await {
             Ok(Ok(results)) if results.len() == count => results
@@ -413,45 +429,6 @@ impl Runner {
         let mut held = self.held.lock().expect("held lock poisoned");
         for delivery in deliveries {
             held.remove(&delivery.entry_id);
-        }
-    }
-
-    /// Runs one started job and settles it.
-    async fn run_and_settle(&self, delivery: &Delivery, job: StartedJob) -> anyhow::Result<()> {
-        self.stats.started.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("job_attempts_total", "kind" => job.kind.clone()).increment(1);
-        let span = job_span(&job);
-        async {
-            let started_at = std::time::Instant::now();
-            let outcome = self.run_with_timeout(&job).await;
-            metrics::histogram!("job_duration_seconds", "kind" => job.kind.clone())
-                .record(started_at.elapsed().as_secs_f64());
-            self.settle(delivery, &job, outcome).await
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Runs the handler in its own task: a panic or a timeout fails this job only.
-    async fn run_with_timeout(&self, job: &StartedJob) -> RunOutcome {
-        let task = tokio::spawn(self.handlers.run(&job.kind, self.context(job)));
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.job_timeout, task).await {
-            Ok(Ok(Ok(()))) => RunOutcome::Succeeded,
-            Ok(Ok(Err(error))) => RunOutcome::Failed(error),
-            Ok(Err(join_error)) => {
-                let message = panic_message(join_error);
-                RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!(
-                    "job panicked: {message}"
-                )))
-            }
-            Err(_) => {
-                abort.abort();
-                RunOutcome::Failed(JobError::Retryable(anyhow::anyhow!(
-                    "job timed out after {:?}",
-                    self.job_timeout
-                )))
-            }
         }
     }
 

@@ -156,12 +156,13 @@ impl JobHandlers {
         self
     }
 
-    /// Whether jobs of `kind` run in batches ([`JobHandlers::run_batch`]).
+    /// Whether jobs of `kind` run in batches: several per handler call.
     pub fn runs_in_batches(&self, kind: &str) -> bool {
         self.batches_by_kind.contains_key(kind)
     }
 
-    /// Runs jobs of a batched `kind` at once; one result per job, in order.
+    /// Runs jobs of `kind`: at once for a batched kind, else one after another (the runner
+    /// passes those one at a time); one result per job, in order.
     pub fn run_batch(
         &self,
         kind: &str,
@@ -183,19 +184,9 @@ impl JobHandlers {
         }
     }
 
-    /// Runs one job of `kind` (a batch of one, for batched kinds); an unknown kind fails
+    /// Runs one job of a kind that does not run in batches; an unknown kind fails
     /// permanently.
-    pub fn run(&self, kind: &str, job: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
-        if let Some(handler) = self.batches_by_kind.get(kind) {
-            let batch = handler(vec![job]);
-            return Box::pin(async move {
-                batch.await.pop().unwrap_or_else(|| {
-                    Err(JobError::Retryable(anyhow::anyhow!(
-                        "the batch handler returned no result"
-                    )))
-                })
-            });
-        }
+    fn run(&self, kind: &str, job: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
         match self.by_kind.get(kind) {
             Some(handler) => handler(job),
             None => {
