@@ -8,6 +8,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::page::{Page, PageRequest};
+use crate::products::Product;
+use crate::ratings::RatingSummary;
 use tokio_postgres::types::Type;
 
 use crate::sql::{Actor, AsClient, Sql, StoreError};
@@ -164,6 +166,80 @@ pub async fn list_reviews_for_product<C: AsClient>(
         rows.iter().map(Review::from).collect(),
         page,
     ))
+}
+
+/// A product with its rating summary and one page of its reviews: what a product's review
+/// page shows.
+#[derive(Debug, Clone)]
+pub struct ProductReviews {
+    pub product: Product,
+    pub rating: RatingSummary,
+    pub page: Page<Review>,
+}
+
+/// [`list_reviews_for_product`] with the product and its rating summary, in one statement:
+/// the review page is the API's most frequent read, and three round trips (page, product,
+/// rating) cost three times the Postgres and network work of one. `None` when the product
+/// does not exist.
+pub async fn product_with_reviews<C: AsClient>(
+    db: &Sql<C>,
+    product_id: Uuid,
+    page: &PageRequest,
+) -> Result<Option<ProductReviews>, StoreError> {
+    let (after_at, after_id) = page.after_params();
+    // One row per review (the product's columns repeated), or one row with null review
+    // columns when the page is empty.
+    let sql = format!(
+        "select p.name as product_name, p.owner_id as product_owner_id,
+                p.created_at as product_created_at,
+                coalesce(pr.review_count, 0) as review_count, coalesce(pr.rating_sum, 0) as rating_sum,
+                coalesce(pr.stars_1, 0) as stars_1, coalesce(pr.stars_2, 0) as stars_2,
+                coalesce(pr.stars_3, 0) as stars_3, coalesce(pr.stars_4, 0) as stars_4,
+                coalesce(pr.stars_5, 0) as stars_5, r.*
+         from products p
+         left join product_ratings pr on pr.product_id = p.id
+         left join lateral (
+             select {COLUMNS} from reviews
+             where product_id = p.id and (created_at, id) < ($2, $3)
+             order by created_at desc, id desc
+             limit $4
+         ) r on true
+         where p.id = $1"
+    );
+    let rows = db
+        .query(&sql, &[&product_id, &after_at, &after_id, &page.limit()])
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let product = Product {
+        id: product_id,
+        name: first.get("product_name"),
+        owner_id: first.get("product_owner_id"),
+        created_at: first.get("product_created_at"),
+    };
+    let rating = RatingSummary {
+        product_id,
+        count: first.get("review_count"),
+        sum: first.get("rating_sum"),
+        histogram: [
+            first.get("stars_1"),
+            first.get("stars_2"),
+            first.get("stars_3"),
+            first.get("stars_4"),
+            first.get("stars_5"),
+        ],
+    };
+    let reviews = rows
+        .iter()
+        .filter(|row| row.get::<_, Option<Uuid>>("id").is_some())
+        .map(Review::from)
+        .collect();
+    Ok(Some(ProductReviews {
+        product,
+        rating,
+        page: Page::from_rows(reviews, page),
+    }))
 }
 
 /// The reviews created by these outbox events that still exist (for live subscriptions).

@@ -4,9 +4,9 @@ use async_graphql::{Context, Object, ID};
 use reviews_db::{notifications, products, reviews, Db};
 
 use super::cursor::{page_complexity, page_request, parse_id};
+use super::loaders::{Products, Ratings};
 use super::types::{
-    connection, prime_page_of_products, prime_page_of_reviews, review_position, Notification,
-    Paged, Product, Review,
+    connection, prime_page_of_products, review_position, Notification, Paged, Product, Review,
 };
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
@@ -70,14 +70,24 @@ impl ReviewQuery {
         let product_id = parse_id(&product_id, "product")?;
         let request = page_request(first, after.as_deref())?;
         let conn = ctx.data_unchecked::<Db>().conn().await?;
-        let page = reviews::list_reviews_for_product(&conn, product_id, &request).await?;
-        // Only an empty page needs to ask whether the product exists at all.
-        if page.rows.is_empty() && products::product_by_id(&conn, product_id).await?.is_none() {
-            return Err(ApiError::NotFound("product not found".into()));
-        }
+        let found = reviews::product_with_reviews(&conn, product_id, &request)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
         drop(conn);
-        prime_page_of_reviews(ctx, &page).await?;
-        Ok(connection(page, after.is_some(), review_position, Review))
+        // Every review of the page has this product: its `product` and `rating` fields are
+        // answered from the loaders' cache, without another statement.
+        ctx.data_unchecked::<Products>()
+            .feed_one(product_id, found.product)
+            .await;
+        ctx.data_unchecked::<Ratings>()
+            .feed_one(product_id, found.rating)
+            .await;
+        Ok(connection(
+            found.page,
+            after.is_some(),
+            review_position,
+            Review,
+        ))
     }
 
     /// The caller's notifications, newest first. Needs a bearer token.

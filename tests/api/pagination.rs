@@ -137,3 +137,51 @@ async fn reviews_of_an_unknown_product_are_not_found() {
         .await;
     assert_eq!(error_code(&response), "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn a_review_page_carries_its_product_and_rating_summary() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product("owner", "Kettle").await;
+    let query = "query($id: ID!) {
+        reviews(productId: $id, first: 5) {
+            edges { node { authorId product { id name ownerId rating { count average histogram } } } }
+            pageInfo { hasNextPage }
+        }
+    }";
+
+    // A product nobody reviewed: an empty page, not NOT_FOUND, and no summary row needed.
+    let response = app.graphql(query, json!({"id": product})).await;
+    assert_eq!(data(&response)["reviews"]["edges"], json!([]));
+    assert_eq!(data(&response)["reviews"]["pageInfo"]["hasNextPage"], false);
+
+    for author in ["a", "b"] {
+        app.add_review(author, &product, 4).await;
+    }
+    // The summary as the worker would have written it.
+    app.database
+        .client()
+        .await
+        .execute(
+            "insert into product_ratings (product_id, review_count, rating_sum, stars_4, stars_5)
+             values ($1::text::uuid, 3, 13, 2, 1)",
+            &[&product],
+        )
+        .await
+        .unwrap();
+    let response = app.graphql(query, json!({"id": product})).await;
+    let edges = data(&response)["reviews"]["edges"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(edges.len(), 2);
+    for edge in edges {
+        let node = &edge["node"]["product"];
+        assert_eq!(node["id"], product.as_str());
+        assert_eq!(node["name"], "Kettle");
+        assert_eq!(node["ownerId"], "owner");
+        assert_eq!(
+            node["rating"],
+            json!({"count": 3, "average": 13.0 / 3.0, "histogram": [0, 0, 0, 2, 1]})
+        );
+    }
+}
