@@ -29,6 +29,7 @@ pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use reviews_db::Db;
@@ -106,10 +107,11 @@ pub async fn serve(
     let state = AppState {
         schema: graphql::build_schema(db.clone(), live, &settings.limits, settings.app_env),
         db,
-        keys: settings.keys,
+        keys: Arc::new(settings.keys),
         limits: settings.limits,
         mutation_limits,
         app_env: settings.app_env,
+        documents: Arc::default(),
     };
     let (addr, serving) = warp::serve(http::routes(state))
         .try_bind_with_graceful_shutdown(api_addr, shutdown)

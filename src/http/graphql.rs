@@ -139,10 +139,10 @@ async fn execute(
     let auth = Auth::from_header(&state.keys, caller.authorization.as_deref());
     let mut request = request;
     let operation_name = request.operation_name.clone();
-    let facts = request
-        .parsed_query()
-        .ok()
-        .map(|document| inspect_document(document, operation_name.as_deref()));
+    let facts = state
+        .documents
+        .parse(&mut request)
+        .map(|document| inspect_document(&document, operation_name.as_deref()));
     if let Some(facts) = facts {
         if facts.aliases > state.limits.max_aliases {
             let message = format!(

@@ -4,8 +4,10 @@
 //! # Layout
 //! - `graphql`: the GraphQL endpoint: CSRF rules, request limits, rate limits, timeouts and
 //!   how errors are shaped.
+//! - `documents`: parsed queries kept by their text, so a repeated query is parsed once.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reviews_db::Db;
@@ -14,12 +16,14 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+mod documents;
 mod graphql;
 
 use crate::auth::TokenKeys;
 use crate::config::{AppEnv, Limits};
 use crate::graphql::{RequestId, ReviewsSchema};
 use crate::rate_limit::MutationLimits;
+pub use documents::DocumentCache;
 
 /// Largest request body we read, in bytes.
 pub const MAX_BODY_BYTES: u64 = 256 * 1024;
@@ -31,10 +35,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AppState {
     pub schema: ReviewsSchema,
     pub db: Db,
-    pub keys: TokenKeys,
+    /// Shared: the state is cloned for every request.
+    pub keys: Arc<TokenKeys>,
     pub limits: Limits,
     pub mutation_limits: MutationLimits,
     pub app_env: AppEnv,
+    pub documents: Arc<DocumentCache>,
 }
 
 /// Every route of the API.
