@@ -179,6 +179,14 @@ impl<C: AsClient> Sql<C> {
         self.checked(sql, result)
     }
 
+    /// Runs `sql`, which may hold several statements, in one round trip (the simple query
+    /// protocol: no parameters, nothing prepared). Outside a transaction the statements run
+    /// in one implicit transaction.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), StoreError> {
+        self.count();
+        Ok(self.client.as_client().batch_execute(sql).await?)
+    }
+
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         self.count();
         let client = self.client.as_client();

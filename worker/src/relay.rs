@@ -146,8 +146,8 @@ impl Relay {
         }
         while !*armed {
             {
-                let mut conn = self.db.conn().await?;
-                arm_doorbell(&mut conn).await?;
+                let conn = self.db.conn().await?;
+                arm_doorbell(&conn).await?;
             }
             *armed = true;
             // Writers that read "disarmed" before we armed have committed by now: look again.

@@ -169,11 +169,58 @@ async fn the_doorbell_rings_once_when_armed_and_not_at_all_when_disarmed() {
     );
 
     // A worker arms it again: the next writer rings.
-    let mut conn = p.db.conn().await.unwrap();
-    reviews_db::outbox::arm_doorbell(&mut conn).await.unwrap();
+    let conn = p.db.conn().await.unwrap();
+    reviews_db::outbox::arm_doorbell(&conn).await.unwrap();
     p.add_reviews(product, authors("c", 3)).await;
     assert_eq!(
         rings_within(&mut rings, Duration::from_millis(300)).await,
+        1
+    );
+}
+
+/// The race the arm's lock closes: a writer that read the bell disarmed and has not committed
+/// yet would neither ring nor be seen by the relay's last look. Arming waits for it.
+#[tokio::test]
+async fn arming_waits_for_a_writer_that_read_the_bell_disarmed() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    // A first writer disarms the fresh bell.
+    p.add_reviews(product, authors("a", 1)).await;
+
+    let mut writer = p.client().await;
+    let tx = writer.transaction().await.unwrap();
+    tx.execute(
+        "insert into reviews (product_id, author_id, rating, title, body) values ($1, 'late', 4, 't', 'b')",
+        &[&product],
+    )
+    .await
+    .unwrap();
+
+    let db = p.db.clone();
+    let mut arming = tokio::spawn(async move {
+        let conn = db.conn().await.unwrap();
+        reviews_db::outbox::arm_doorbell(&conn).await.unwrap();
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut arming)
+            .await
+            .is_err(),
+        "arming must wait for the open writer"
+    );
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), arming)
+        .await
+        .expect("arming finishes once the writer committed")
+        .unwrap();
+    // What the relay's look after arming sees: the late writer's event, and an armed bell.
+    assert_eq!(
+        p.count("select count(*) from outbox where relayed_at is null and review_id in (select id from reviews where author_id = 'late')")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.count("select count(*) from outbox_doorbell where armed")
+            .await,
         1
     );
 }
