@@ -146,28 +146,6 @@ pub async fn delete_review<C: AsClient>(db: &Sql<C>, id: Uuid) -> Result<bool, S
         == 1)
 }
 
-/// A page of a product's reviews, newest first.
-pub async fn list_reviews_for_product<C: AsClient>(
-    db: &Sql<C>,
-    product_id: Uuid,
-    page: &PageRequest,
-) -> Result<Page<Review>, StoreError> {
-    let (after_at, after_id) = page.after_params();
-    let sql = format!(
-        "select {COLUMNS} from reviews
-         where product_id = $1 and (created_at, id) < ($2, $3)
-         order by created_at desc, id desc
-         limit $4"
-    );
-    let rows = db
-        .query(&sql, &[&product_id, &after_at, &after_id, &page.limit()])
-        .await?;
-    Ok(Page::from_rows(
-        rows.iter().map(Review::from).collect(),
-        page,
-    ))
-}
-
 /// A product with its rating summary and one page of its reviews: what a product's review
 /// page shows.
 #[derive(Debug, Clone)]
@@ -177,10 +155,10 @@ pub struct ProductReviews {
     pub page: Page<Review>,
 }
 
-/// [`list_reviews_for_product`] with the product and its rating summary, in one statement:
-/// the review page is the API's most frequent read, and three round trips (page, product,
-/// rating) cost three times the Postgres and network work of one. `None` when the product
-/// does not exist.
+/// A page of a product's reviews, newest first, with the product and its rating summary, in
+/// one statement: the review page is the API's most frequent read, and three round trips
+/// (page, product, rating) cost three times the Postgres and network work of one. `None`
+/// when the product does not exist.
 pub async fn product_with_reviews<C: AsClient>(
     db: &Sql<C>,
     product_id: Uuid,

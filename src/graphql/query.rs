@@ -4,9 +4,8 @@ use async_graphql::{Context, Object, ID};
 use reviews_db::{notifications, products, reviews, Db};
 
 use super::cursor::{page_complexity, page_request, parse_id};
-use super::loaders::{Products, Ratings};
 use super::types::{
-    connection, prime_page_of_products, review_position, Notification, Paged, Product, Review,
+    connection, prime_page_of_products, reviews_of_product, Notification, Paged, Product, Review,
 };
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
@@ -69,25 +68,9 @@ impl ReviewQuery {
     ) -> ApiResult<Paged<Review>> {
         let product_id = parse_id(&product_id, "product")?;
         let request = page_request(first, after.as_deref())?;
-        let conn = ctx.data_unchecked::<Db>().conn().await?;
-        let found = reviews::product_with_reviews(&conn, product_id, &request)
+        reviews_of_product(ctx, product_id, &request, after.is_some())
             .await?
-            .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
-        drop(conn);
-        // Every review of the page has this product: its `product` and `rating` fields are
-        // answered from the loaders' cache, without another statement.
-        ctx.data_unchecked::<Products>()
-            .feed_one(product_id, found.product)
-            .await;
-        ctx.data_unchecked::<Ratings>()
-            .feed_one(product_id, found.rating)
-            .await;
-        Ok(connection(
-            found.page,
-            after.is_some(),
-            review_position,
-            Review,
-        ))
+            .ok_or_else(|| ApiError::NotFound("product not found".into()))
     }
 
     /// The caller's notifications, newest first. Needs a bearer token.

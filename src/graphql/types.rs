@@ -3,7 +3,7 @@
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Object, OutputType, ID};
 use chrono::{DateTime, Utc};
-use reviews_db::page::{Page, Position};
+use reviews_db::page::{Page, PageRequest, Position};
 use reviews_db::Db;
 
 use super::cursor::{encode_cursor, page_complexity, page_request};
@@ -74,27 +74,14 @@ impl Product {
         after: Option<String>,
     ) -> ApiResult<Paged<Review>> {
         let request = page_request(first, after.as_deref())?;
-        let conn = ctx.data_unchecked::<Db>().conn().await?;
-        let page =
-            reviews_db::reviews::list_reviews_for_product(&conn, self.0.id, &request).await?;
-        drop(conn);
-        prime_page_of_reviews(ctx, &page).await?;
-        Ok(connection(page, after.is_some(), review_position, Review))
+        let page = reviews_of_product(ctx, self.0.id, &request, after.is_some()).await?;
+        // None: the product was deleted since it was read; it has no reviews left either.
+        Ok(page.unwrap_or_else(|| Connection::new(after.is_some(), false)))
     }
 }
 
-/// Queues a page's products in the loader in one call, so the batch is one statement however
-/// the executor interleaves the children's own loads (which then hit the cache).
-pub async fn prime_products(
-    ctx: &Context<'_>,
-    ids: impl IntoIterator<Item = uuid::Uuid>,
-) -> ApiResult<()> {
-    let loader = ctx.data_unchecked::<Products>();
-    loader.load_many(ids).await.map_err(ApiError::internal)?;
-    Ok(())
-}
-
-/// As [`prime_products`], for rating summaries.
+/// Queues a page's rating summaries in the loader in one call, so the batch is one statement
+/// however the executor interleaves the children's own loads (which then hit the cache).
 pub async fn prime_ratings(
     ctx: &Context<'_>,
     ids: impl IntoIterator<Item = uuid::Uuid>,
@@ -104,28 +91,38 @@ pub async fn prime_ratings(
     Ok(())
 }
 
-/// Loads ahead what a page's nodes will ask for: their products (and those products'
-/// ratings) for a review page, the ratings for a product page.
-pub async fn prime_page_of_reviews(
+/// One page of a product's reviews, in one statement with the product and its rating
+/// summary, which are fed to the loaders: every review of the page has this product, so the
+/// nodes' `product` and `rating` fields need no statement of their own. None when the
+/// product does not exist.
+pub async fn reviews_of_product(
     ctx: &Context<'_>,
-    page: &Page<reviews_db::reviews::Review>,
-) -> ApiResult<()> {
-    let product = ctx
-        .look_ahead()
-        .field("edges")
-        .field("node")
-        .field("product");
-    if !product.exists() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = page.rows.iter().map(|r| r.product_id).collect();
-    prime_products(ctx, ids.iter().copied()).await?;
-    if product.field("rating").exists() {
-        prime_ratings(ctx, ids).await?;
-    }
-    Ok(())
+    product_id: uuid::Uuid,
+    request: &PageRequest,
+    had_cursor: bool,
+) -> ApiResult<Option<Paged<Review>>> {
+    let found = {
+        let conn = ctx.data_unchecked::<Db>().conn().await?;
+        reviews_db::reviews::product_with_reviews(&conn, product_id, request).await?
+    };
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    ctx.data_unchecked::<Products>()
+        .feed_one(product_id, found.product)
+        .await;
+    ctx.data_unchecked::<Ratings>()
+        .feed_one(product_id, found.rating)
+        .await;
+    Ok(Some(connection(
+        found.page,
+        had_cursor,
+        review_position,
+        Review,
+    )))
 }
 
+/// Loads ahead the ratings a product page's nodes will ask for.
 pub async fn prime_page_of_products(
     ctx: &Context<'_>,
     page: &Page<reviews_db::products::Product>,

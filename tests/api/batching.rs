@@ -42,6 +42,17 @@ async fn a_page_of_100_reviews_with_their_products_costs_a_constant_number_of_st
     assert_eq!(for_10, for_100);
     // The page with its product and rating summary, in one statement.
     assert_eq!(for_100, 1);
+
+    // The same page under `product`: the product, then the page as above.
+    let nested = "query($id: ID!) {
+        product(id: $id) {
+            reviews(first: 100) { edges { node { id product { name rating { count } } } } }
+        }
+    }";
+    assert_eq!(
+        statements_for(&app, nested, json!({"id": product})).await,
+        2
+    );
 }
 
 #[tokio::test]
