@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Insert throughput of the reviews table under four triggers, measured with pgbench:
 #   none       no outbox trigger at all
-#   outbox     the outbox row, no doorbell
+#   outbox     the outbox row (and its outbox_pending entry), no doorbell
 #   doorbell   our trigger: the outbox row plus the armed doorbell (workers busy: never rings)
 #   notify     the outbox row plus NOTIFY on every transaction (what we avoid)
 # Usage: bench/doorbell.sh [SECONDS] [CLIENTS]   (defaults 15 and 8)
@@ -23,14 +23,20 @@ select md5(i::text)::uuid, 'p' || i, 'owner' from generate_series(1, 100) i;
 -- The outbox trigger without the doorbell, and with a NOTIFY on every transaction.
 create function bench_outbox_only() returns trigger language plpgsql as $$
 begin
-    insert into outbox (event_type, review_id, product_id, payload)
-    values ('review.created', new.id, new.product_id, jsonb_build_object('new', to_jsonb(new), 'old', null));
+    with event as (
+        insert into outbox (event_type, review_id, product_id, payload)
+        values ('review.created', new.id, new.product_id, jsonb_build_object('new', to_jsonb(new), 'old', null))
+        returning id)
+    insert into outbox_pending (id) select id from event;
     return null;
 end $$;
 create function bench_outbox_notify() returns trigger language plpgsql as $$
 begin
-    insert into outbox (event_type, review_id, product_id, payload)
-    values ('review.created', new.id, new.product_id, jsonb_build_object('new', to_jsonb(new), 'old', null));
+    with event as (
+        insert into outbox (event_type, review_id, product_id, payload)
+        values ('review.created', new.id, new.product_id, jsonb_build_object('new', to_jsonb(new), 'old', null))
+        returning id)
+    insert into outbox_pending (id) select id from event;
     perform pg_notify('outbox', '');
     return null;
 end $$;
@@ -61,7 +67,7 @@ alter table reviews disable trigger _200_write_outbox;
 alter table reviews disable trigger bench_outbox_only;
 alter table reviews disable trigger bench_outbox_notify;
 $( [[ -n "$enable" ]] && echo "alter table reviews enable trigger $enable;" )
-truncate reviews, outbox;
+truncate reviews, outbox, outbox_pending;
 update outbox_doorbell set armed = false;
 checkpoint;
 SQL

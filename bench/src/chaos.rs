@@ -289,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let pending: i64 = db
             .query_one(
-                "select (select count(*) from outbox where relayed_at is null) + (select count(*) from jobs where status = 'pending')",
+                "select (select count(*) from outbox_pending) + (select count(*) from jobs where status = 'pending')",
                 &[],
             )
             .await?

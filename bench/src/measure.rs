@@ -40,7 +40,7 @@ pub async fn wait_until_idle(client: &Client, limit: Duration) -> anyhow::Result
         // Postgres more CPU than the worker's own statements did.
         let busy: bool = client
             .query_one(
-                "select exists (select from outbox where relayed_at is null)
+                "select exists (select from outbox_pending)
                      or exists (select from jobs where status = 'pending')",
                 &[],
             )
@@ -72,12 +72,12 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
 }
 
 /// The two halves of commit → job start, in ms: commit → the relay's claim (its transaction
-/// start), and the claim → the job's start.
+/// start, which is the job's `created_at`), and the claim → the job's start.
 pub async fn job_start_split(client: &Client) -> anyhow::Result<(Percentiles, Percentiles)> {
     let rows = client
         .query(
-            "select extract(epoch from o.relayed_at - o.occurred_at)::float8 * 1000,
-                    extract(epoch from j.last_started_at - o.relayed_at)::float8 * 1000
+            "select extract(epoch from j.created_at - o.occurred_at)::float8 * 1000,
+                    extract(epoch from j.last_started_at - j.created_at)::float8 * 1000
              from outbox o join jobs j on j.event_id = o.event_id and j.kind = 'notify_owner'
              where j.last_started_at is not null",
             &[],

@@ -152,7 +152,7 @@ impl Stack {
         let client = self.client().await?;
         client
             .batch_execute(
-                "truncate reviews, outbox, jobs, dead_jobs, notifications, product_ratings, webhook_deliveries;
+                "truncate reviews, outbox, outbox_pending, jobs, dead_jobs, notifications, product_ratings, webhook_deliveries;
                  update outbox_doorbell set armed = true;",
             )
             .await?;

@@ -5,14 +5,16 @@ use crate::sql::{AsClient, Sql, StoreError};
 /// What one relay pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayedBatch {
-    /// Outbox rows claimed and marked relayed.
+    /// Events claimed and taken off `outbox_pending`.
     pub events: i64,
     /// Jobs created for them (coalesced jobs are not created twice).
     pub job_ids: Vec<i64>,
 }
 
 /// Claims up to `limit` pending events (skipping rows other workers hold), creates the jobs
-/// they imply and marks them relayed, all in one statement (and so one transaction).
+/// they imply and takes them off `outbox_pending`, all in one statement (and so one
+/// transaction). The outbox rows themselves are only read: see
+/// `migrations/0011_pending_events_table.sql`.
 ///
 /// Every event notifies the product's owner and is delivered to each active webhook that
 /// wants its type; every product touched gets one rating recompute, merged with a pending one
@@ -24,19 +26,21 @@ pub async fn relay_pending_events<C: AsClient>(
 ) -> Result<RelayedBatch, StoreError> {
     let row = db
         .query_typed_one(
-            "with claimed as (
-                 select id, event_id, event_type, review_id, product_id, payload, actor_id,
-                        request_id, occurred_at
-                 from outbox
-                 where relayed_at is null
-                 order by id
-                 limit $1
-                 for update skip locked
-             ), relayed as (
-                 update outbox o set relayed_at = now()
-                 from claimed c
-                 where o.id = c.id
-                 returning o.id
+            "with relayed as (
+                 -- By ctid, not by a join on id: a TID scan, whatever the planner thinks of
+                 -- the backlog's size. The locked rows cannot move: pending rows are only
+                 -- ever inserted and deleted, never updated.
+                 delete from outbox_pending
+                 where ctid = any (array(select ctid from outbox_pending
+                                         order by id
+                                         limit $1
+                                         for update skip locked))
+                 returning id
+             ), claimed as (
+                 select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
+                        o.actor_id, o.request_id, o.occurred_at
+                 from outbox o
+                 join relayed r on r.id = o.id
              ), inserted as (
                  insert into jobs (kind, event_id, coalesce_key, payload)
                  (select 'notify_owner', c.event_id, null,
@@ -110,8 +114,8 @@ pub async fn pending_events<C: AsClient>(db: &Sql<C>) -> Result<(i64, i64), Stor
     let row = db
         .query_one(
             "select count(*),
-                    coalesce((extract(epoch from now() - min(occurred_at)) * 1000)::bigint, 0)
-             from outbox where relayed_at is null",
+                    coalesce((extract(epoch from now() - min(o.occurred_at)) * 1000)::bigint, 0)
+             from outbox_pending p join outbox o on o.id = p.id",
             &[],
         )
         .await?;

@@ -254,7 +254,7 @@ impl TestApp {
         for _ in 0..400 {
             let pending: i64 = client
                 .query_one(
-                    "select (select count(*) from outbox where relayed_at is null)
+                    "select (select count(*) from outbox_pending)
                           + (select count(*) from jobs where status = 'pending')",
                     &[],
                 )

@@ -1,9 +1,9 @@
 //! The relay: moves outbox events into jobs and the jobs' ids into the queue.
 //!
 //! It claims pending events in batches (`for update skip locked`, so several workers share
-//! the work), creates their jobs and marks them relayed in one statement, then enqueues the
-//! job ids in one Redis round trip. If the enqueue fails, the jobs are still pending in
-//! Postgres and reconciliation enqueues them: delivery is at least once.
+//! the work), creates their jobs and takes them off `outbox_pending` in one statement, then
+//! enqueues the job ids in one Redis round trip. If the enqueue fails, the jobs are still
+//! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
 //! When it runs out of work it arms the doorbell and looks once more before it sleeps (see
 //! db/migrations/0005): then it wakes on the bell, or on the slow poll, which also

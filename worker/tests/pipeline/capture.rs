@@ -95,6 +95,12 @@ async fn each_review_change_writes_one_outbox_row_with_old_and_new() {
         p.count("select count(distinct event_id) from outbox").await,
         3
     );
+    assert_eq!(
+        p.count("select count(*) from outbox_pending p join outbox o on o.id = p.id")
+            .await,
+        3,
+        "every event waits for the relay"
+    );
 }
 
 #[tokio::test]
@@ -111,6 +117,7 @@ async fn a_rolled_back_change_leaves_no_outbox_row() {
     .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(p.count("select count(*) from outbox").await, 0);
+    assert_eq!(p.count("select count(*) from outbox_pending").await, 0);
     assert_eq!(p.count("select count(*) from reviews").await, 0);
 }
 
@@ -214,7 +221,7 @@ async fn arming_waits_for_a_writer_that_read_the_bell_disarmed() {
         .unwrap();
     // What the relay's look after arming sees: the late writer's event, and an armed bell.
     assert_eq!(
-        p.count("select count(*) from outbox where relayed_at is null and review_id in (select id from reviews where author_id = 'late')")
+        p.count("select count(*) from outbox_pending p join outbox o on o.id = p.id where o.review_id in (select id from reviews where author_id = 'late')")
             .await,
         1
     );

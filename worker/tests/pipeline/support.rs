@@ -186,7 +186,7 @@ impl TestPipeline {
         loop {
             let pending = self
                 .count(
-                    "select (select count(*) from outbox where relayed_at is null)
+                    "select (select count(*) from outbox_pending)
                           + (select count(*) from jobs where status = 'pending')",
                 )
                 .await;
