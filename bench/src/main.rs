@@ -269,13 +269,11 @@ async fn main() -> anyhow::Result<()> {
     // Peak memory after all of the above.
     let api_mib = stack.api_pid().and_then(stack::peak_rss_mib);
     let worker_mib = stack.worker_pid().and_then(stack::peak_rss_mib);
+    // A process the chosen phases never started has no peak to show.
+    let mib = |peak: Option<f64>| peak.map_or("not started".to_string(), |m| format!("{m:.1} MiB"));
     row(
         "peak memory (VmHWM): API / worker",
-        format!(
-            "{:.1} MiB / {:.1} MiB",
-            api_mib.unwrap_or(f64::NAN),
-            worker_mib.unwrap_or(f64::NAN)
-        ),
+        format!("{} / {}", mib(api_mib), mib(worker_mib)),
     );
     report.insert(
         "peak_memory_mib".into(),
