@@ -1,7 +1,7 @@
 //! Webhook delivery against real HTTP receivers in this process: signatures (checked by an
 //! independent Python implementation), at-least-once delivery per event and endpoint, retries
-//! and dead letters, replay, pausing, 410 Gone, Retry-After, and isolation of a hanging
-//! endpoint.
+//! and dead letters, replay, pausing, 410 Gone, Retry-After, isolation of a hanging
+//! endpoint, and hostile answers (a redirect, a body that never ends).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -428,5 +428,88 @@ async fn a_url_resolving_to_loopback_is_refused_unless_allowed() {
     assert_eq!(
         p.count(&format!("select count(*) from webhook_deliveries where webhook_id = '{webhook}' and status_code is null")).await,
         1
+    );
+}
+
+/// An endpoint of its own: `/moved` answers 307 to `target`, `/endless` answers 200 with a
+/// body that never ends.
+fn start_hostile_endpoint(target: String) -> SocketAddr {
+    let moved = warp::path("moved").map(move || {
+        warp::http::Response::builder()
+            .status(307)
+            .header("location", target.clone())
+            .body(warp::hyper::Body::empty())
+            .unwrap()
+    });
+    let endless = warp::path("endless").map(|| {
+        let chunks = futures::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[b'x'; 8192]))
+        });
+        warp::http::Response::new(warp::hyper::Body::wrap_stream(chunks))
+    });
+    let (addr, server) =
+        warp::serve(warp::post().and(moved.or(endless))).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    addr
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_an_endless_response_is_not_read_to_its_end() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let target = Receiver::start().await;
+    let hostile = start_hostile_endpoint(target.url());
+    let (moved_id, _) = register(&p, &format!("http://{hostile}/moved"), &["review.created"]).await;
+    let (endless_id, _) = register(
+        &p,
+        &format!("http://{hostile}/endless"),
+        &["review.created"],
+    )
+    .await;
+    // A timeout the endless body would hit if it were read to its end.
+    let worker = p
+        .start_worker_with(p.args(), handlers(Duration::from_secs(3)))
+        .await;
+    p.add_reviews(product, authors("a", 1)).await;
+
+    let job = |webhook: Uuid| {
+        format!(
+            "select count(*) from jobs where kind = 'deliver_webhook' and payload->>'webhook_id' = '{webhook}' and {{}}"
+        )
+    };
+    let started = Instant::now();
+    loop {
+        let endless_done = p
+            .count(&job(endless_id).replace("{}", "status = 'done'"))
+            .await;
+        let moved_failed = p
+            .count(&job(moved_id).replace("{}", "last_error = 'endpoint answered 307'"))
+            .await;
+        if endless_done == 1 && moved_failed == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "endless delivery done: {endless_done}, redirected delivery failed: {moved_failed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+
+    assert_eq!(target.count(), 0, "a redirect must not be followed");
+    assert_eq!(
+        p.count(&job(endless_id).replace("{}", "attempts = 1"))
+            .await,
+        1,
+        "the endless response succeeded at its first attempt, without waiting for the timeout"
+    );
+    let recorded: Vec<String> = p
+        .column(&format!(
+            "select coalesce(status_code::text, '') || ' ' || coalesce(error, '') from webhook_deliveries where webhook_id = '{moved_id}'"
+        ))
+        .await;
+    assert!(
+        !recorded.is_empty() && recorded.iter().all(|r| r == "307 endpoint answered 307"),
+        "{recorded:?}"
     );
 }
