@@ -217,14 +217,11 @@ pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<
 }
 
 /// Gives back an attempt that was recorded but never ran to an end (the worker shut down
-/// and handed the job back), so a restart does not cost the job one of its attempts.
+/// and handed the job back), so a restart does not cost the job one of its attempts. A job
+/// of a coalesced kind whose twin waits unstarted is merged into it (see `hand_back_job` in
+/// db/migrations/0012).
 pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
-    db.execute(
-        "update jobs set attempts = greatest(attempts - 1, 0)
-         where id = $1 and status = 'pending'",
-        &[&id],
-    )
-    .await?;
+    db.execute("select hand_back_job($1)", &[&id]).await?;
     Ok(())
 }
 

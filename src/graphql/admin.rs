@@ -116,8 +116,9 @@ pub struct AdminMutation;
 
 #[Object]
 impl AdminMutation {
-    /// Makes a dead letter's job pending again with fresh attempts (admin only). False when
-    /// it was already replayed.
+    /// Makes a dead letter's job pending again with fresh attempts (admin only); a rating
+    /// recompute whose product already has one waiting is merged into it (marked done).
+    /// False when it was already replayed.
     async fn replay_dead_job(&self, ctx: &Context<'_>, id: ID) -> ApiResult<bool> {
         require_admin(ctx)?;
         let id: i64 = id

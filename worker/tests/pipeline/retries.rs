@@ -271,3 +271,77 @@ impl<F: FnMut()> Drop for OnDrop<F> {
         (self.0)()
     }
 }
+
+/// A recompute job that started, and a twin the relay added meanwhile (same product, not
+/// started yet: the coalescing index allows one such job per product).
+async fn started_job_and_waiting_twin(p: &TestPipeline) -> (i64, i64) {
+    let rows = p
+        .client()
+        .await
+        .query(
+            "insert into jobs (kind, coalesce_key, attempts, last_started_at)
+             values ('recompute_rating', 'product-1', 1, now()) returning id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let started: i64 = rows[0].get(0);
+    let twin: i64 = p
+        .client()
+        .await
+        .query_one(
+            "insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (started, twin)
+}
+
+#[tokio::test]
+async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_into_the_twin() {
+    let p = TestPipeline::new().await;
+    let conn = p.db.conn().await.unwrap();
+    let state = |id: i64| format!("select status || ' ' || attempts from jobs where id = {id}");
+
+    // Handed back (a worker shutting down) while its twin waits: it would be a second
+    // unstarted job for the product, which the coalescing index refuses.
+    let (started, twin) = started_job_and_waiting_twin(&p).await;
+    reviews_db::jobs::hand_back_job(&conn, started)
+        .await
+        .expect("handing back succeeds");
+    assert_eq!(p.column::<String>(&state(started)).await, ["done 1"]);
+    assert_eq!(p.column::<String>(&state(twin)).await, ["pending 0"]);
+
+    // Without a twin, handing back gives the attempt back.
+    p.sql("delete from jobs").await;
+    let (alone, _) = started_job_and_waiting_twin(&p).await;
+    p.sql(&format!("delete from jobs where id <> {alone}"))
+        .await;
+    reviews_db::jobs::hand_back_job(&conn, alone).await.unwrap();
+    assert_eq!(p.column::<String>(&state(alone)).await, ["pending 0"]);
+
+    // Replayed from its dead letter while a twin waits: merged too, the letter replayed.
+    p.sql("delete from jobs").await;
+    let (dead, twin) = started_job_and_waiting_twin(&p).await;
+    p.sql(&format!(
+        "update jobs set status = 'dead', attempts = 10, finished_at = now() where id = {dead};
+         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
+         select id, kind, payload, attempts, created_at from jobs where id = {dead}"
+    ))
+    .await;
+    let letter: i64 = p
+        .count(&format!("select id from dead_jobs where job_id = {dead}"))
+        .await;
+    assert!(reviews_db::jobs::replay_dead_job(&conn, letter)
+        .await
+        .expect("replaying succeeds"));
+    assert_eq!(p.column::<String>(&state(dead)).await, ["done 10"]);
+    assert_eq!(p.column::<String>(&state(twin)).await, ["pending 0"]);
+    assert_eq!(
+        p.count("select count(*) from dead_jobs where replayed_at is not null")
+            .await,
+        1
+    );
+}

@@ -158,6 +158,11 @@ impl TestPipeline {
         ids
     }
 
+    /// Runs statements (set-up of a test's state).
+    pub async fn sql(&self, sql: &str) {
+        self.client().await.batch_execute(sql).await.unwrap();
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
             .await
