@@ -600,30 +600,32 @@ impl Runner {
                 _ = tick.tick() => {}
             }
             while running.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            if free == 0 {
-                continue;
+            // Wait for a free slot rather than skip the round when none is free: an idle
+            // runner's reader holds every free slot while it blocks on the stream (up to
+            // READ_BLOCK), so skipping left a dead worker's jobs stuck until new work
+            // arrived. The semaphore is fair: this gets the next slot the reader lets go.
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
             }
             match self
                 .queue
-                .take_back_expired(&self.consumer, self.lease, free)
+                .take_back_expired(&self.consumer, self.lease, permits.len())
                 .await
             {
-                Ok(deliveries) => {
-                    let mut taken = Vec::new();
-                    let mut permits = Vec::new();
-                    for delivery in deliveries {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            break;
-                        };
+                Ok(taken) => {
+                    permits.truncate(taken.len());
+                    for delivery in &taken {
                         self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("lease_takebacks_total").increment(1);
                         tracing::warn!(
                             job.id = delivery.job_id,
                             "took back a job whose lease expired"
                         );
-                        taken.push(delivery);
-                        permits.push(permit);
                     }
                     if !taken.is_empty() {
                         self.spawn_batch(&mut running, taken, permits);

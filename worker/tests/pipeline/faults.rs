@@ -100,3 +100,70 @@ async fn when_redis_forgets_everything_mid_run_every_effect_still_happens_once()
     p.assert_ratings_match_reviews().await;
     assert_eq!(p.count("select count(*) from dead_jobs").await, 0);
 }
+
+#[tokio::test]
+async fn an_idle_worker_takes_back_the_jobs_a_dead_worker_held() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let job: i64 = p
+        .client()
+        .await
+        .query_one(
+            "insert into jobs (kind, payload, attempts, last_started_at)
+             values ('recompute_rating', jsonb_build_object('product_id', $1::uuid), 1, now())
+             returning id",
+            &[&product],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A worker that read the job from the queue, started it and died: its delivery sits in
+    // that consumer's pending list, and the queue knows the job (so reconciliation leaves
+    // it alone).
+    let (stream, known) = (
+        format!("{{{}}}:jobs", p.prefix),
+        format!("{{{}}}:known", p.prefix),
+    );
+    let mut redis = p.redis().await;
+    redis::pipe()
+        .cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("runners")
+        .arg("$")
+        .arg("MKSTREAM")
+        .cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("job")
+        .arg(job)
+        .cmd("SADD")
+        .arg(&known)
+        .arg(job)
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("runners")
+        .arg("dead-worker")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async::<redis::Value>(&mut redis)
+        .await
+        .unwrap();
+
+    // Nothing else to do: the new worker's reader blocks on the stream with every slot.
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    let taken_back = worker.worker.stats.taken_back.load(Ordering::Relaxed);
+    worker.stop().await;
+    assert_eq!(taken_back, 1);
+    assert_eq!(
+        p.count(&format!(
+            "select attempts::bigint from jobs where id = {job} and status = 'done'"
+        ))
+        .await,
+        2
+    );
+}
