@@ -57,14 +57,22 @@ pub async fn wait_until_idle(client: &Client, limit: Duration) -> anyhow::Result
     }
 }
 
+/// Each outbox event `o` with the notify job `j` that covers it (one per relay batch, its
+/// events listed in the payload).
+const NOTIFY_JOB_OF_EVENT: &str = "jobs j
+    cross join lateral jsonb_array_elements(j.payload->'events') e
+    join outbox o on o.event_id = (e->>'event_id')::uuid and j.kind = 'notify_owner'";
+
 /// Commit → job start of every event's notify job, in ms (the event's transaction time to
 /// the attempt's start, both on the database's clock).
 pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles> {
     let rows = client
         .query(
-            "select extract(epoch from j.last_started_at - o.occurred_at)::float8 * 1000
-             from outbox o join jobs j on j.event_id = o.event_id and j.kind = 'notify_owner'
-             where j.last_started_at is not null",
+            &format!(
+                "select extract(epoch from j.last_started_at - o.occurred_at)::float8 * 1000
+             from {NOTIFY_JOB_OF_EVENT}
+             where j.last_started_at is not null"
+            ),
             &[],
         )
         .await?;
@@ -76,10 +84,12 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
 pub async fn job_start_split(client: &Client) -> anyhow::Result<(Percentiles, Percentiles)> {
     let rows = client
         .query(
-            "select extract(epoch from j.created_at - o.occurred_at)::float8 * 1000,
+            &format!(
+                "select extract(epoch from j.created_at - o.occurred_at)::float8 * 1000,
                     extract(epoch from j.last_started_at - j.created_at)::float8 * 1000
-             from outbox o join jobs j on j.event_id = o.event_id and j.kind = 'notify_owner'
-             where j.last_started_at is not null",
+             from {NOTIFY_JOB_OF_EVENT}
+             where j.last_started_at is not null"
+            ),
             &[],
         )
         .await?;

@@ -16,10 +16,11 @@ pub struct RelayedBatch {
 /// transaction). The outbox rows themselves are only read: see
 /// `migrations/0011_pending_events_table.sql`.
 ///
-/// Every event notifies the product's owner and is delivered to each active webhook that
-/// wants its type; every product touched gets one rating recompute, merged with a pending one
-/// that has not started yet. The relayed event ids are announced on `review_events` (for the
-/// API's live subscriptions), in the same transaction.
+/// One `notify_owner` job tells the owners about every event of the batch; each event is
+/// delivered to each active webhook that wants its type; every product touched gets one
+/// rating recompute, merged with a pending one that has not started yet. The relayed event
+/// ids are announced on `review_events` (for the API's live subscriptions), in the same
+/// transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
     limit: i64,
@@ -43,8 +44,8 @@ pub async fn relay_pending_events<C: AsClient>(
                  join relayed r on r.id = o.id
              ), inserted as (
                  insert into jobs (kind, event_id, coalesce_key, payload)
-                 (select 'notify_owner', c.event_id, null,
-                         jsonb_build_object(
+                 (select 'notify_owner', null::uuid, null::text,
+                         jsonb_build_object('events', jsonb_agg(jsonb_build_object(
                              'event_id', c.event_id,
                              'event_type', c.event_type,
                              'review_id', c.review_id,
@@ -52,8 +53,9 @@ pub async fn relay_pending_events<C: AsClient>(
                              'author_id', coalesce(c.payload->'new'->>'author_id',
                                                    c.payload->'old'->>'author_id'),
                              'actor_id', c.actor_id,
-                             'request_id', c.request_id)
-                  from claimed c)
+                             'request_id', c.request_id) order by c.id))
+                  from claimed c
+                  having count(*) > 0)
                  union all
                  (select distinct on (c.product_id)
                          'recompute_rating', c.event_id, c.product_id::text,

@@ -106,16 +106,18 @@ async fn outbox_status_reports_the_backlog_and_jobs_by_state() {
     assert_eq!(status["outbox"]["pending"], 3);
     assert_eq!(status["jobs"]["in_flight"], 0);
 
-    // Relay them and finish all but one job; make that one dead.
+    // Relay them as the worker does (one notify job for the batch, its events in the
+    // payload) and finish all but one job; make that one dead.
     ops.sql(
         "delete from outbox_pending;
-         insert into jobs (kind, event_id, status, finished_at) select 'notify_owner', event_id, 'done', now() from outbox;
+         insert into jobs (kind, status, finished_at, payload)
+         select 'notify_owner', 'done', now(), jsonb_build_object('events', jsonb_agg(jsonb_build_object('event_id', event_id))) from outbox;
          insert into jobs (kind, status, attempts) values ('recompute_rating', 'dead', 10), ('recompute_rating', 'pending', 0);",
     )
     .await;
     let status: Value = serde_json::from_str(&ops.ok("outbox-status", &["--json"])).unwrap();
     assert_eq!(status["outbox"]["pending"], 0);
-    assert_eq!(status["jobs"]["finished"], 3);
+    assert_eq!(status["jobs"]["finished"], 1);
     assert_eq!(status["jobs"]["dead"], 1);
     assert_eq!(status["jobs"]["in_flight"], 1);
     assert_eq!(status["last_5_minutes"]["relay_lag_ms"]["count"], 3);

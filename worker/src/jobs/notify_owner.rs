@@ -1,8 +1,11 @@
-//! `notify_owner`: tells a product's owner about a review event on it: one notification per
+//! `notify_owner`: tells a product's owner about review events on it: one notification per
 //! event (idempotent by event id), none when owners review their own product.
 //!
-//! It runs in batches: the jobs started together write their notifications in one statement
-//! (a backlog of events would otherwise cost one transaction, and one WAL flush, each).
+//! One job covers every event of a relay batch (its payload lists them): a job row per
+//! event cost three writes of that row (created, started, done) and a queue entry, which
+//! was most of the drain's cost per event (docs/PERFORMANCE.md). The jobs started together
+//! write all their notifications in one statement. A job that fails is retried, and replayed
+//! from its dead letter, as a whole: every notification it already wrote is skipped.
 
 use reviews_db::notifications::{notify_product_owners, NewNotification};
 use reviews_db::Db;
@@ -12,8 +15,9 @@ use super::{parse_payload, JobContext, JobError};
 
 pub const KIND: &str = "notify_owner";
 
+/// One event to tell an owner about.
 #[derive(Deserialize)]
-struct Payload {
+struct Event {
     event_id: uuid::Uuid,
     event_type: String,
     review_id: uuid::Uuid,
@@ -21,20 +25,39 @@ struct Payload {
     author_id: String,
 }
 
-/// Runs a batch of `notify_owner` jobs; one result per job, in order. A payload that does
-/// not parse fails its own job only; a failed insert fails (and retries) them all.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Payload {
+    /// What the relay writes: every event of its batch.
+    Batch { events: Vec<Event> },
+    /// One event: jobs written by workers before batches (still pending, or dead letters).
+    One(Event),
+}
+
+impl Payload {
+    fn events(&self) -> &[Event] {
+        match self {
+            Payload::Batch { events } => events,
+            Payload::One(event) => std::slice::from_ref(event),
+        }
+    }
+}
+
+/// Runs `notify_owner` jobs together; one result per job, in order. A payload that does not
+/// parse fails its own job only; a failed insert fails (and retries) them all.
 pub async fn run_batch(db: &Db, jobs: &[JobContext]) -> Vec<Result<(), JobError>> {
     let parsed: Vec<Result<Payload, JobError>> =
         jobs.iter().map(|job| parse_payload(&job.payload)).collect();
     let events: Vec<NewNotification<'_>> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok())
-        .map(|p| NewNotification {
-            event_id: p.event_id,
-            kind: &p.event_type,
-            review_id: p.review_id,
-            product_id: p.product_id,
-            author_id: &p.author_id,
+        .flat_map(Payload::events)
+        .map(|e| NewNotification {
+            event_id: e.event_id,
+            kind: &e.event_type,
+            review_id: e.review_id,
+            product_id: e.product_id,
+            author_id: &e.author_id,
         })
         .collect();
     let written = async {
