@@ -16,11 +16,11 @@ pub struct RelayedBatch {
 /// transaction). The outbox rows themselves are only read: see
 /// `migrations/0011_pending_events_table.sql`.
 ///
-/// One `notify_owner` job tells the owners about every event of the batch; each event is
-/// delivered to each active webhook that wants its type; every product touched gets one
-/// rating recompute, merged with a pending one that has not started yet. The relayed event
-/// ids are announced on `review_events` (for the API's live subscriptions), in the same
-/// transaction.
+/// One `notify_owner` job tells the owners about every event of the batch (its payload lists
+/// them); each event is delivered to each active webhook that wants its type; every product
+/// touched gets one rating recompute, merged with a pending one that has not started yet.
+/// The relayed event ids are announced on `review_events` (for the API's live
+/// subscriptions), in the same transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
     limit: i64,

@@ -343,7 +343,7 @@ impl Runner {
 
     /// Runs started jobs of one kind in one handler call (a group of one for kinds that do
     /// not run in batches), then settles each.
-    async fn run_group(&self, group: Vec<StartedDelivery>) {
+    async fn run_group(&self, mut group: Vec<StartedDelivery>) {
         let Some(kind) = group.first().map(|(_, job, _)| job.kind.clone()) else {
             return;
         };
@@ -352,28 +352,29 @@ impl Runner {
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         metrics::counter!("job_attempts_total", "kind" => kind.clone())
             .increment(group.len() as u64);
-        let contexts = group.iter().map(|(_, job, _)| self.context(job)).collect();
+        // Each job's span names the request that caused it (read from the payload, so made
+        // before the payload moves to the handler: a notify job's lists a hundred events).
+        let spans: Vec<tracing::Span> = group.iter().map(|(_, job, _)| job_span(job)).collect();
+        let contexts = group
+            .iter_mut()
+            .map(|(_, job, _)| self.context(job))
+            .collect();
         // The handler logs in the job's span, or for a batch in one naming its size.
-        let span = match &group[..] {
-            [(_, job, _)] => job_span(job),
+        let span = match &spans[..] {
+            [span] => span.clone(),
             _ => tracing::info_span!("jobs", job.kind = %kind, jobs = group.len()),
         };
         let started_at = std::time::Instant::now();
         let outcomes = self.run_batch_with_timeout(&kind, contexts, span).await;
         let took = started_at.elapsed().as_secs_f64();
-        let settles =
-            group
-                .into_iter()
-                .zip(outcomes)
-                .map(|((delivery, job, permit), outcome)| async move {
-                    metrics::histogram!("job_duration_seconds", "kind" => job.kind.clone())
-                        .record(took);
-                    let settled = self
-                        .settle(&delivery, &job, outcome)
-                        .instrument(job_span(&job))
-                        .await;
-                    self.let_go(&delivery, settled, permit);
-                });
+        let settles = group.into_iter().zip(spans).zip(outcomes).map(
+            |(((delivery, job, permit), span), outcome)| async move {
+                metrics::histogram!("job_duration_seconds", "kind" => job.kind.clone())
+                    .record(took);
+                let settled = self.settle(&delivery, &job, outcome).instrument(span).await;
+                self.let_go(&delivery, settled, permit);
+            },
+        );
         futures::future::join_all(settles).await;
     }
 
@@ -415,12 +416,13 @@ impl Runner {
         }
     }
 
-    fn context(&self, job: &StartedJob) -> JobContext {
+    /// The handler's view of a started job; the payload moves to it.
+    fn context(&self, job: &mut StartedJob) -> JobContext {
         JobContext {
             db: self.db.clone(),
             job_id: job.id,
             attempt: job.attempt,
-            payload: job.payload.clone(),
+            payload: std::mem::take(&mut job.payload),
         }
     }
 

@@ -56,7 +56,8 @@ impl From<reviews_db::StoreError> for JobError {
 
 /// Reads a job's payload, or fails permanently: a payload that does not parse now never will.
 pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, JobError> {
-    serde_json::from_value(payload.clone())
+    // From the borrowed value: no copy of a payload that may list a hundred events.
+    T::deserialize(payload)
         .map_err(|e| JobError::Permanent(anyhow::anyhow!("unreadable payload: {e}")))
 }
 
