@@ -353,7 +353,7 @@ impl Runner {
         metrics::counter!("job_attempts_total", "kind" => kind.clone())
             .increment(group.len() as u64);
         // Each job's span names the request that caused it (read from the payload, so made
-        // before the payload moves to the handler: a notify job's lists a hundred events).
+        // before the payload moves to the handler: a notify job's lists a relay batch's events).
         let spans: Vec<tracing::Span> = group.iter().map(|(_, job, _)| job_span(job)).collect();
         let contexts = group
             .iter_mut()
