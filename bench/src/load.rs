@@ -24,6 +24,25 @@ pub async fn seed_products(stack: &Stack) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pace of task `worker` of `workers` that share `rate` arrivals a second: each ticks
+/// every `workers / rate` seconds, their first ticks spread evenly over one period from
+/// `start`. (Started together, they ticked together: a "200/s" load was bursts of 32
+/// requests every 160 ms.) None: as fast as they go.
+fn pace(
+    rate: Option<f64>,
+    workers: usize,
+    worker: usize,
+    start: tokio::time::Instant,
+) -> Option<tokio::time::Interval> {
+    rate.map(|rate| {
+        let period = Duration::from_secs_f64(workers as f64 / rate);
+        let offset = period.mul_f64(worker as f64 / workers as f64);
+        let mut tick = tokio::time::interval_at(start + offset, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        tick
+    })
+}
+
 /// Inserts reviews through SQL from `connections` connections for `duration`, at `rate` per
 /// second in all (None: as fast as they go). Returns how many committed.
 pub async fn sql_inserts(
@@ -33,9 +52,13 @@ pub async fn sql_inserts(
     duration: Duration,
 ) -> anyhow::Result<u64> {
     let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(connect(&stack.database_url()).await?);
+    }
+    let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
-    for worker in 0..connections {
-        let client = connect(&stack.database_url()).await?;
+    for (worker, client) in clients.into_iter().enumerate() {
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let statement = client
@@ -44,11 +67,7 @@ pub async fn sql_inserts(
                      values (lpad(to_hex($1::bigint % 100 + 1), 32, '0')::uuid, gen_random_uuid()::text, $2, 'bench', 'a review')",
                 )
                 .await?;
-            let mut tick = rate.map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(connections as f64 / r));
-                i.set_missed_tick_behavior(MissedTickBehavior::Burst);
-                i
-            });
+            let mut tick = pace(rate, connections, worker, start);
             let started = Instant::now();
             let mut n: i64 = worker as i64;
             while started.elapsed() < duration {
@@ -83,16 +102,13 @@ pub async fn graphql_inserts(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
+    let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let (http, url, keys) = (http.clone(), url.clone(), keys.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut tick = rate.map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
-                i.set_missed_tick_behavior(MissedTickBehavior::Burst);
-                i
-            });
+            let mut tick = pace(rate, concurrency, worker, start);
             let started = Instant::now();
             let mut n = worker as u64;
             while started.elapsed() < duration {
