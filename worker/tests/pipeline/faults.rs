@@ -21,7 +21,7 @@ async fn a_worker_killed_with_jobs_in_flight_has_them_run_again_after_the_lease_
         .await
         .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
         .env("DATABASE_URL", url_of(&p.database.config))
         .env("REDIS_URL", redis_url())
         .env("REDIS_PREFIX", &p.prefix)
@@ -35,6 +35,7 @@ async fn a_worker_killed_with_jobs_in_flight_has_them_run_again_after_the_lease_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = KilledOnDrop(child);
     p.add_reviews(product, authors("r", 20)).await;
 
     // Every event relayed, and its notify job (one per relay batch) started, or all eight

@@ -12,7 +12,7 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
         .env("DATABASE_URL", url_of(&p.database.config))
         .env("REDIS_URL", redis_url())
         .env("REDIS_PREFIX", &p.prefix)
@@ -22,6 +22,7 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = KilledOnDrop(child);
     p.add_reviews(product, authors("r", 3)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     // Let one slow poll sample the gauges.

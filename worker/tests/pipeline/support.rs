@@ -36,6 +36,31 @@ impl TestWorker {
     }
 }
 
+/// A process a test started (a worker to kill mid-run): killed when dropped, so a test that
+/// fails before its own kill leaves nothing running against its dropped database.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // Already gone when the test killed it itself: nothing to do then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| {
         let host = std::env::var("REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
