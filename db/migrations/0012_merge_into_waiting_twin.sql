@@ -9,22 +9,37 @@
 -- A twin that is being inserted by a transaction not yet committed still makes the hand-back
 -- or replay fail with the unique violation; the caller's retry then sees the twin.
 
-create function job_waiting_twin(p_job_id bigint) returns bigint
-language sql stable as $$
-    select twin.id
+-- Merges the job (if its status is `p_status`) into a twin waiting unstarted with the same
+-- kind and coalesce key: marks it done with a note naming the twin. False when there is no
+-- twin (nothing changed).
+create function merge_into_waiting_twin(p_job_id bigint, p_status text, p_how text)
+returns boolean
+language plpgsql as $$
+declare
+    v_twin bigint;
+begin
+    select twin.id into v_twin
     from jobs job
     join jobs twin on twin.kind = job.kind and twin.coalesce_key = job.coalesce_key
     where job.id = p_job_id
       and twin.id <> job.id and twin.status = 'pending' and twin.attempts = 0
-    limit 1
+    limit 1;
+    if v_twin is null then
+        return false;
+    end if;
+    update jobs
+    set status = 'done', finished_at = now(),
+        last_error = format('%s; merged into job %s, which waits with the same coalesce key',
+                            p_how, v_twin)
+    where id = p_job_id and status = p_status;
+    return true;
+end;
 $$;
 
 -- Gives a started job its attempt back, so that it runs again as if never started (a worker
 -- that stops returns the jobs it holds); merges it into a waiting twin if it has one.
 create function hand_back_job(p_job_id bigint) returns void
 language plpgsql as $$
-declare
-    v_twin bigint;
 begin
     -- Still counted as started afterwards: no twin can conflict.
     update jobs set attempts = attempts - 1
@@ -32,14 +47,8 @@ begin
     if found then
         return;
     end if;
-    v_twin := job_waiting_twin(p_job_id);
-    if v_twin is null then
+    if not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
         update jobs set attempts = 0 where id = p_job_id and status = 'pending';
-    else
-        update jobs
-        set status = 'done', finished_at = now(),
-            last_error = format('handed back; merged into job %s, which waits with the same coalesce key', v_twin)
-        where id = p_job_id and status = 'pending';
     end if;
 end;
 $$;
@@ -48,7 +57,6 @@ create or replace function replay_dead_job(p_dead_job_id bigint) returns boolean
 language plpgsql as $$
 declare
     v_job_id bigint;
-    v_twin bigint;
 begin
     update dead_jobs set replayed_at = now()
     where id = p_dead_job_id and replayed_at is null
@@ -56,17 +64,11 @@ begin
     if not found then
         return false;
     end if;
-    v_twin := job_waiting_twin(v_job_id);
-    if v_twin is null then
+    if not merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
         update jobs
         set status = 'pending', attempts = 0, run_at = now(), last_error = null, finished_at = null
         where id = v_job_id and status = 'dead';
         perform pg_notify('jobs', '');
-    else
-        update jobs
-        set status = 'done', finished_at = now(),
-            last_error = format('replayed; merged into job %s, which waits with the same coalesce key', v_twin)
-        where id = v_job_id and status = 'dead';
     end if;
     return true;
 end;
