@@ -1,8 +1,6 @@
 //! Load generators: review inserts through SQL or GraphQL, paced at a fixed arrival rate or
 //! as fast as they go, from several connections.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
@@ -43,15 +41,23 @@ fn pace(
     })
 }
 
+/// A committed review and when its writer got the commit's acknowledgement (seconds since
+/// the epoch, on the same clock as the database's `now()`: both run on this machine).
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    pub review_id: String,
+    pub at_epoch_s: f64,
+}
+
 /// Inserts reviews through SQL from `connections` connections for `duration`, at `rate` per
-/// second in all (None: as fast as they go). Returns how many committed.
+/// second in all (None: as fast as they go). Returns each committed review with the time
+/// its commit was acknowledged.
 pub async fn sql_inserts(
     stack: &Stack,
     connections: usize,
     rate: Option<f64>,
     duration: Duration,
-) -> anyhow::Result<u64> {
-    let done = Arc::new(AtomicU64::new(0));
+) -> anyhow::Result<Vec<Acknowledged>> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         clients.push(connect(&stack.database_url()).await?);
@@ -59,33 +65,45 @@ pub async fn sql_inserts(
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for (worker, client) in clients.into_iter().enumerate() {
-        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let statement = client
                 .prepare(
                     "insert into reviews (product_id, author_id, rating, title, body)
-                     values (lpad(to_hex($1::bigint % 100 + 1), 32, '0')::uuid, gen_random_uuid()::text, $2, 'bench', 'a review')",
+                     values (lpad(to_hex($1::bigint % 100 + 1), 32, '0')::uuid, gen_random_uuid()::text, $2, 'bench', 'a review')
+                     returning id::text",
                 )
                 .await?;
             let mut tick = pace(rate, connections, worker, start);
             let started = Instant::now();
             let mut n: i64 = worker as i64;
+            let mut acknowledged = Vec::new();
             while started.elapsed() < duration {
                 if let Some(tick) = tick.as_mut() {
                     tick.tick().await;
                 }
                 let rating = (n % 5 + 1) as i16;
-                client.execute(&statement, &[&n, &rating]).await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                let row = client.query_one(&statement, &[&n, &rating]).await?;
+                acknowledged.push(Acknowledged {
+                    review_id: row.get(0),
+                    at_epoch_s: now_epoch_s(),
+                });
                 n += connections as i64;
             }
-            anyhow::Ok(())
+            anyhow::Ok(acknowledged)
         }));
     }
+    let mut all = Vec::new();
     for task in tasks {
-        task.await??;
+        all.extend(task.await??);
     }
-    Ok(done.load(Ordering::Relaxed))
+    Ok(all)
+}
+
+fn now_epoch_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
 }
 
 /// Sends `addReview` through GraphQL from `concurrency` tasks for `duration`, at `rate` per

@@ -79,6 +79,33 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
     Ok(percentiles(rows.iter().map(|r| r.get(0)).collect()))
 }
 
+/// Acknowledged commit → job start of each review of `acknowledged`, in ms: from the moment
+/// its writer got the commit's acknowledgement to the start of its notify job. The commit
+/// itself lies between the event's transaction start ([`commit_to_job_start`]'s origin, which
+/// counts the writer's own insert and WAL flush) and this acknowledgement, which reaches the
+/// writer a few tens of µs after it.
+pub async fn acknowledged_to_job_start(
+    client: &Client,
+    acknowledged: &[crate::load::Acknowledged],
+) -> anyhow::Result<Percentiles> {
+    let ids: Vec<&str> = acknowledged.iter().map(|a| a.review_id.as_str()).collect();
+    let times: Vec<f64> = acknowledged.iter().map(|a| a.at_epoch_s).collect();
+    let rows = client
+        .query(
+            &format!(
+                "with starts as (
+                     select o.review_id, j.last_started_at from {NOTIFY_JOB_OF_EVENT}
+                     where j.last_started_at is not null)
+                 select (extract(epoch from s.last_started_at) - a.at_epoch_s) * 1000
+                 from unnest($1::text[], $2::float8[]) a (review_id, at_epoch_s)
+                 join starts s on s.review_id = a.review_id::uuid"
+            ),
+            &[&ids, &times],
+        )
+        .await?;
+    Ok(percentiles(rows.iter().map(|r| r.get(0)).collect()))
+}
+
 /// The two halves of commit → job start, in ms: commit → the relay's claim (its transaction
 /// start, which is the job's `created_at`), and the claim → the job's start.
 pub async fn job_start_split(client: &Client) -> anyhow::Result<(Percentiles, Percentiles)> {
