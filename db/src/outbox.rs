@@ -1,5 +1,9 @@
 //! The `outbox` table and its doorbell: claiming pending events and turning them into jobs.
 
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+
 use crate::sql::{AsClient, Sql, StoreError};
 
 /// What one relay pass did.
@@ -7,8 +11,11 @@ use crate::sql::{AsClient, Sql, StoreError};
 pub struct RelayedBatch {
     /// Events claimed and taken off `outbox_pending`.
     pub events: i64,
-    /// Jobs created for them (coalesced jobs are not created twice).
+    /// Jobs created for them that may run now (coalesced jobs are not created twice).
     pub job_ids: Vec<i64>,
+    /// Jobs created for them that are due later: rating recomputes held back because their
+    /// product was recomputed less than the interval ago. Each with how long until it is due.
+    pub held_back: Vec<(i64, Duration)>,
 }
 
 /// Claims up to `limit` pending events (skipping rows other workers hold), creates the jobs
@@ -19,12 +26,17 @@ pub struct RelayedBatch {
 /// One `notify_owner` job tells the owners about every event of the batch (its payload lists
 /// them); each event is delivered to each active webhook that wants its type; every product
 /// touched gets one rating recompute, merged with a pending one that has not started yet.
-/// The relayed event ids are announced on `review_events` (for the API's live
-/// subscriptions), in the same transaction.
+/// A product's recompute is due no sooner than `recompute_interval` after its last one
+/// (`product_ratings.updated_at`): a product written to without pause is recomputed a few
+/// times a second, each recompute covering the events since the last, instead of once per
+/// relay batch with the whole aggregate each time. The relayed event ids are announced on
+/// `review_events` (for the API's live subscriptions), in the same transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
     limit: i64,
+    recompute_interval: Duration,
 ) -> Result<RelayedBatch, StoreError> {
+    let interval_ms = i64::try_from(recompute_interval.as_millis()).unwrap_or(i64::MAX);
     let row = db
         .query_typed_one(
             "with relayed as (
@@ -43,7 +55,7 @@ pub async fn relay_pending_events<C: AsClient>(
                  from outbox o
                  join relayed r on r.id = o.id
              ), inserted as (
-                 insert into jobs (kind, event_id, coalesce_key, payload)
+                 insert into jobs (kind, event_id, coalesce_key, payload, run_at)
                  (select 'notify_owner', null::uuid, null::text,
                          jsonb_build_object('events', jsonb_agg(jsonb_build_object(
                              'event_id', c.event_id,
@@ -53,15 +65,19 @@ pub async fn relay_pending_events<C: AsClient>(
                              'author_id', coalesce(c.payload->'new'->>'author_id',
                                                    c.payload->'old'->>'author_id'),
                              'actor_id', c.actor_id,
-                             'request_id', c.request_id) order by c.id))
+                             'request_id', c.request_id) order by c.id)),
+                         now()
                   from claimed c
                   having count(*) > 0)
                  union all
                  (select distinct on (c.product_id)
                          'recompute_rating', c.event_id, c.product_id::text,
                          jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
-                                            'actor_id', c.actor_id, 'request_id', c.request_id)
+                                            'actor_id', c.actor_id, 'request_id', c.request_id),
+                         -- greatest() skips the null of a product never recomputed.
+                         greatest(now(), pr.updated_at + $2 * interval '1 millisecond')
                   from claimed c
+                  left join product_ratings pr on pr.product_id = c.product_id
                   order by c.product_id, c.id desc)
                  union all
                  (select 'deliver_webhook', c.event_id, null,
@@ -71,14 +87,18 @@ pub async fn relay_pending_events<C: AsClient>(
                              'event_type', c.event_type,
                              'occurred_at', c.occurred_at,
                              'data', c.payload,
-                             'request_id', c.request_id)
+                             'request_id', c.request_id),
+                         now()
                   from claimed c
                   join webhooks w on c.event_type = any (w.event_types)
                   where not w.paused and w.disabled_at is null)
                  on conflict (kind, coalesce_key)
                      where status = 'pending' and attempts = 0 and coalesce_key is not null
                      do nothing
-                 returning id
+                 returning id, run_at
+             ), held_back as (
+                 select id, ceil(extract(epoch from run_at - now()) * 1000)::int8 as due_in_ms
+                 from inserted where run_at > now()
              )
              , announced as (
                  select pg_notify('review_events', string_agg(c.event_id::text, ','))
@@ -87,13 +107,24 @@ pub async fn relay_pending_events<C: AsClient>(
              )
              select (select count(*) from relayed) as events,
                     (select count(*) from announced) as announcements,
-                    coalesce((select array_agg(id) from inserted), '{}') as job_ids",
-            &[(&limit, tokio_postgres::types::Type::INT8)],
+                    coalesce((select array_agg(id) from inserted where run_at <= now()), '{}')
+                        as job_ids,
+                    coalesce((select array_agg(id order by id) from held_back), '{}') as held_ids,
+                    coalesce((select array_agg(due_in_ms order by id) from held_back), '{}')
+                        as held_due_in_ms",
+            &[(&limit, Type::INT8), (&interval_ms, Type::INT8)],
         )
         .await?;
+    let held_ids: Vec<i64> = row.get("held_ids");
+    let due_in_ms: Vec<i64> = row.get("held_due_in_ms");
     Ok(RelayedBatch {
         events: row.get("events"),
         job_ids: row.get("job_ids"),
+        held_back: held_ids
+            .into_iter()
+            .zip(due_in_ms)
+            .map(|(id, ms)| (id, Duration::from_millis(ms.max(0) as u64)))
+            .collect(),
     })
 }
 

@@ -153,6 +153,13 @@ pub struct Tuning {
     #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", value_name = "RELAY_BATCH_SIZE",
           default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch_size: u32,
+    /// Shortest time between two rating recomputes of one product: events of a product
+    /// recomputed less than this ago wait for the next recompute, and share it. `0ms` runs
+    /// every recompute at once.
+    #[arg(long = "rating-recompute-interval", env = "RATING_RECOMPUTE_INTERVAL",
+          value_name = "RATING_RECOMPUTE_INTERVAL", default_value = "100ms",
+          value_parser = parse_duration)]
+    pub rating_recompute_interval: Duration,
     /// How long a job stays leased to a runner without a heartbeat before another takes it back.
     #[arg(long = "job-lease", env = "JOB_LEASE", value_name = "JOB_LEASE", default_value = "30s",
           value_parser = parse_duration)]
@@ -178,6 +185,7 @@ impl Default for Tuning {
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             relay_batch_size: 500,
+            rating_recompute_interval: Duration::from_millis(100),
             lease: Duration::from_secs(30),
             job_timeout: Duration::from_secs(20),
             reconcile_after: Duration::from_secs(10),
@@ -203,10 +211,52 @@ impl Tuning {
             self.lease >= Duration::from_millis(100),
             "JOB_LEASE must be at least 100ms"
         );
+        anyhow::ensure!(
+            self.rating_recompute_interval <= Duration::from_secs(60),
+            "RATING_RECOMPUTE_INTERVAL must be at most 1m: ratings would lag that long"
+        );
         Ok(())
     }
 }
 
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 250ms, 5s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("reviews-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_rating_recompute_interval_defaults_to_100ms_and_takes_units() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(
+            cli.run.tuning.rating_recompute_interval,
+            Duration::from_millis(100)
+        );
+        let cli = parse(&["--rating-recompute-interval", "0ms"]).unwrap();
+        assert_eq!(cli.run.tuning.rating_recompute_interval, Duration::ZERO);
+        cli.run.tuning.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_rating_recompute_interval_is_refused_with_examples() {
+        let error = parse(&["--rating-recompute-interval", "often"]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("RATING_RECOMPUTE_INTERVAL"), "{message}");
+        assert!(message.contains("examples: 250ms"), "{message}");
+
+        let cli = parse(&["--rating-recompute-interval", "2m"]).unwrap();
+        let message = cli.run.tuning.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("RATING_RECOMPUTE_INTERVAL must be at most 1m"),
+            "{message}"
+        );
+    }
 }

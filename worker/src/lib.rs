@@ -85,18 +85,8 @@ pub async fn start(
     let bells = Bells::default();
     let listener = Listener::new(args.db.pg_config(), bells.clone());
     let listener_reconnects = listener.reconnects();
-    let relay = Relay {
-        db: db.clone(),
-        queue: queue.clone(),
-        reconciler: Reconciler::new(db.clone(), queue.clone()),
-        policies: policies.clone(),
-        bells,
-        batch_size: i64::from(tuning.relay_batch_size),
-        poll_interval: tuning.poll_interval,
-        reconcile_after: tuning.reconcile_after,
-    };
     let runner = Runner::new(
-        db,
+        db.clone(),
         queue.clone(),
         handlers,
         policies.clone(),
@@ -106,6 +96,18 @@ pub async fn start(
         tuning.shutdown_grace,
         tuning.poll_interval,
     );
+    let relay = Relay {
+        db: db.clone(),
+        queue: queue.clone(),
+        reconciler: Reconciler::new(db.clone(), queue.clone()),
+        policies: policies.clone(),
+        bells,
+        batch_size: i64::from(tuning.relay_batch_size),
+        poll_interval: tuning.poll_interval,
+        reconcile_after: tuning.reconcile_after,
+        recompute_interval: tuning.rating_recompute_interval,
+        delayed_bell: runner.delayed_bell(),
+    };
     let stats = runner.stats.clone();
 
     let token = CancellationToken::new();

@@ -8,8 +8,9 @@
 //!   delivered entry stays in the group's pending list until acknowledged: that is the job's
 //!   lease. Runners renew it by heartbeat (XCLAIM resets its idle time, on Redis's clock) and
 //!   take back entries idle longer than the lease (XAUTOCLAIM): their runner died.
-//! - `{prefix}:delayed`: a sorted set of job ids scheduled for a retry, scored by due time in
-//!   ms of Redis's clock; promoted into the stream when due.
+//! - `{prefix}:delayed`: a sorted set of job ids due later (retries, and rating recomputes
+//!   held back by `RATING_RECOMPUTE_INTERVAL`), scored by due time in ms of Redis's clock;
+//!   promoted into the stream when due.
 //! - `{prefix}:known`: the set of job ids the queue holds (stream, pending or delayed), so
 //!   enqueueing the same job twice adds it once.
 
@@ -44,12 +45,23 @@ struct Keys {
     known: String,
 }
 
-/// Adds job ids that the queue does not hold yet; returns how many were added.
+/// Adds job ids that the queue does not hold yet; returns how many were added. ARGV: job id
+/// and delay pairs; a job with a delay (in ms of Redis's clock) goes to the delayed set.
 const ENQUEUE: &str = r"
+local now_ms
 local added = 0
-for _, id in ipairs(ARGV) do
+for i = 1, #ARGV, 2 do
+  local id, delay = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('SADD', KEYS[2], id) == 1 then
-    redis.call('XADD', KEYS[1], '*', 'job', id)
+    if delay > 0 then
+      if not now_ms then
+        local t = redis.call('TIME')
+        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('ZADD', KEYS[3], now_ms + delay, id)
+    else
+      redis.call('XADD', KEYS[1], '*', 'job', id)
+    end
     added = added + 1
   end
 end
@@ -179,14 +191,28 @@ impl JobQueue {
 
     /// Adds jobs to the ready stream in one round trip; ids already queued are skipped.
     pub async fn enqueue(&self, job_ids: &[i64]) -> Result<usize, QueueError> {
-        if job_ids.is_empty() {
+        self.enqueue_all(job_ids, &[]).await
+    }
+
+    /// Adds jobs to the ready stream and jobs due later (with how long until they are due)
+    /// to the delayed set, in one round trip; ids already queued are skipped.
+    pub async fn enqueue_all(
+        &self,
+        ready: &[i64],
+        later: &[(i64, Duration)],
+    ) -> Result<usize, QueueError> {
+        if ready.is_empty() && later.is_empty() {
             return Ok(0);
         }
         let mut conn = self.conn().await?;
         let mut invocation = self.enqueue.key(&self.keys.stream);
-        invocation.key(&self.keys.known);
-        for id in job_ids {
-            invocation.arg(id);
+        invocation.key(&self.keys.known).key(&self.keys.delayed);
+        for id in ready {
+            invocation.arg(id).arg(0);
+        }
+        for (id, due_in) in later {
+            // At least 1 ms: 0 means "ready now" to the script.
+            invocation.arg(id).arg(due_in.as_millis().max(1) as u64);
         }
         Ok(invocation.invoke_async(&mut *conn).await?)
     }

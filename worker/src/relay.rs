@@ -2,7 +2,8 @@
 //!
 //! It claims pending events in batches (`for update skip locked`, so several workers share
 //! the work), creates their jobs and takes them off `outbox_pending` in one statement, then
-//! enqueues the job ids in one Redis round trip. If the enqueue fails, the jobs are still
+//! enqueues the job ids in one Redis round trip (rating recomputes held back by the
+//! recompute interval go to the delayed set). If the enqueue fails, the jobs are still
 //! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
 //! When it runs out of work it arms the doorbell and looks once more before it sleeps (see
@@ -11,6 +12,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use reviews_db::outbox::{arm_doorbell, pending_events, relay_pending_events};
 use reviews_db::Db;
@@ -38,6 +41,11 @@ pub struct Relay {
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub reconcile_after: Duration,
+    /// The shortest time between two rating recomputes of one product.
+    pub recompute_interval: Duration,
+    /// Rung when jobs go to the queue's delayed set, so the runner's promoter sleeps until
+    /// the first is due rather than for the whole poll interval.
+    pub delayed_bell: Arc<Notify>,
 }
 
 impl Relay {
@@ -45,7 +53,7 @@ impl Relay {
     pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
         let batch = {
             let conn = self.db.conn().await?;
-            relay_pending_events(&conn, self.batch_size).await?
+            relay_pending_events(&conn, self.batch_size, self.recompute_interval).await?
         };
         if batch.events == 0 {
             return Ok(RelayOutcome::Idle);
@@ -53,15 +61,23 @@ impl Relay {
         tracing::debug!(
             batch.size = batch.events,
             jobs = batch.job_ids.len(),
+            held_back = batch.held_back.len(),
             "relayed events"
         );
+        let jobs = batch.job_ids.len() + batch.held_back.len();
         metrics::counter!("relay_batches_total").increment(1);
         metrics::counter!("relay_events_total").increment(batch.events as u64);
-        metrics::counter!("relay_jobs_total").increment(batch.job_ids.len() as u64);
-        if let Err(error) = self.queue.enqueue(&batch.job_ids).await {
+        metrics::counter!("relay_jobs_total").increment(jobs as u64);
+        match self
+            .queue
+            .enqueue_all(&batch.job_ids, &batch.held_back)
+            .await
+        {
+            Ok(_) if !batch.held_back.is_empty() => self.delayed_bell.notify_one(),
+            Ok(_) => {}
             // The jobs are safe in Postgres; reconciliation will enqueue them.
-            tracing::warn!(error = %error, jobs = batch.job_ids.len(),
-                "could not enqueue relayed jobs; reconciliation will");
+            Err(error) => tracing::warn!(error = %error, jobs,
+                "could not enqueue relayed jobs; reconciliation will"),
         }
         Ok(RelayOutcome::Relayed {
             events: batch.events,

@@ -114,6 +114,12 @@ impl Runner {
         }
     }
 
+    /// The bell that wakes this runner's promoter of delayed jobs: ring it after putting a
+    /// job in the queue's delayed set.
+    pub fn delayed_bell(&self) -> Arc<Notify> {
+        self.retry_scheduled.clone()
+    }
+
     /// Runs until `shutdown`, then drains: see the module docs.
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.concurrency));

@@ -100,7 +100,7 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
 
     let batch = {
         let conn = p.db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, 500)
+        reviews_db::outbox::relay_pending_events(&conn, 500, Duration::ZERO)
             .await
             .unwrap()
     };
@@ -122,6 +122,110 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
         50
     );
     assert_eq!(batch.job_ids.len(), 2);
+}
+
+#[tokio::test]
+async fn a_product_recomputed_moments_ago_waits_for_the_interval_and_its_events_share_one_recompute(
+) {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let other = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 1)).await;
+    // Its summary was just recomputed; the other product has none yet.
+    p.sql(&format!("select recompute_product_rating('{product}')"))
+        .await;
+    p.add_reviews(product, authors("b", 3)).await;
+    p.add_reviews(other, authors("c", 1)).await;
+    let db = &p.db;
+    let relay = |interval| async move {
+        let conn = db.conn().await.unwrap();
+        reviews_db::outbox::relay_pending_events(&conn, 500, interval)
+            .await
+            .unwrap()
+    };
+
+    let first = relay(Duration::from_secs(10)).await;
+    assert_eq!(first.events, 5);
+    // Ready now: the notify job and the other product's recompute. Held back: this
+    // product's, due 10 s after its last recompute.
+    assert_eq!(first.job_ids.len(), 2, "{first:?}");
+    let [(held, due_in)] = first.held_back[..] else {
+        panic!("one recompute held back: {first:?}");
+    };
+    assert!(
+        due_in > Duration::from_secs(9) && due_in <= Duration::from_secs(10),
+        "{due_in:?}"
+    );
+    assert_eq!(
+        p.count(&format!(
+            "select count(*) from jobs j join product_ratings pr on pr.product_id::text = j.coalesce_key
+             where j.id = {held} and j.run_at = pr.updated_at + interval '10 s'"
+        ))
+        .await,
+        1,
+        "due 10 s after the product's last recompute"
+    );
+
+    // More events while it waits join it: no second recompute job for the product.
+    p.add_reviews(product, authors("d", 2)).await;
+    let second = relay(Duration::from_secs(10)).await;
+    assert_eq!(second.events, 2);
+    assert!(second.held_back.is_empty(), "{second:?}");
+    assert_eq!(
+        p.count(&format!(
+            "select count(*) from jobs where kind = 'recompute_rating' and coalesce_key = '{product}'"
+        ))
+        .await,
+        1
+    );
+
+    // With no interval, nothing waits.
+    p.add_reviews(other, authors("e", 1)).await;
+    let third = relay(Duration::ZERO).await;
+    assert!(third.held_back.is_empty(), "{third:?}");
+}
+
+#[tokio::test]
+async fn a_product_written_without_pause_is_recomputed_a_few_times_not_once_per_review() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let mut args = p.args();
+    args.tuning.rating_recompute_interval = Duration::from_millis(400);
+    let worker = p.start_worker_with(args, JobHandlers::standard()).await;
+    p.add_reviews(product, authors("first", 1)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    // Then 19 more one by one, each relayed on its own while the worker keeps up, all
+    // within the interval after the first recompute.
+    for i in 0..19 {
+        p.add_reviews(product, authors(&format!("w{i}-"), 1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    let recomputes = p
+        .count("select count(*) from jobs where kind = 'recompute_rating'")
+        .await;
+    // The first, then one for the 19 (a third at most, if a slow machine's writes outlast
+    // the interval). Without the interval: about one per review.
+    assert!((2..=3).contains(&recomputes), "{recomputes} recomputes");
+    assert_eq!(
+        p.count("select review_count::bigint from product_ratings")
+            .await,
+        20,
+        "the last recompute saw every review"
+    );
+    let gap: Vec<f64> = p
+        .column(
+            "select extract(epoch from max(last_started_at) - min(last_started_at))::float8
+             from (select last_started_at from jobs where kind = 'recompute_rating'
+                   order by last_started_at limit 2) first_two",
+        )
+        .await;
+    assert!(
+        gap[0] >= 0.39,
+        "the second started {gap:?} s after the first"
+    );
+    p.assert_ratings_match_reviews().await;
+    worker.stop().await;
 }
 
 #[tokio::test]

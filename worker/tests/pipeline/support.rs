@@ -94,6 +94,7 @@ impl TestPipeline {
                 poll_interval: Duration::from_millis(200),
                 concurrency: 8,
                 relay_batch_size: 200,
+                rating_recompute_interval: Duration::ZERO,
                 lease: Duration::from_millis(1_500),
                 job_timeout: Duration::from_millis(1_000),
                 reconcile_after: Duration::from_millis(500),
