@@ -91,6 +91,9 @@ impl Processes {
                 ("JOB_TIMEOUT", "2s".into()),
                 ("OUTBOX_POLL_INTERVAL", "1s".into()),
                 ("RECONCILE_AFTER", "2s".into()),
+                // Each product gets a review a second: with this, most of its recomputes are
+                // held back in Redis's delayed set, where the faults hit them too.
+                ("RATING_RECOMPUTE_INTERVAL", "1s".into()),
                 ("WORKER_CONCURRENCY", CONCURRENCY.to_string()),
                 ("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}")),
             ],

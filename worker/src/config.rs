@@ -154,10 +154,11 @@ pub struct Tuning {
           default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch_size: u32,
     /// Shortest time between two rating recomputes of one product: events of a product
-    /// recomputed less than this ago wait for the next recompute, and share it. `0ms` runs
-    /// every recompute at once.
+    /// recomputed less than this ago wait for the next recompute, and share it. Trades how
+    /// soon a busy product's rating shows its reviews for less recompute work (see
+    /// docs/PERFORMANCE.md); `0ms` recomputes as soon as the events are relayed.
     #[arg(long = "rating-recompute-interval", env = "RATING_RECOMPUTE_INTERVAL",
-          value_name = "RATING_RECOMPUTE_INTERVAL", default_value = "100ms",
+          value_name = "RATING_RECOMPUTE_INTERVAL", default_value = "0ms",
           value_parser = parse_duration)]
     pub rating_recompute_interval: Duration,
     /// How long a job stays leased to a runner without a heartbeat before another takes it back.
@@ -185,7 +186,7 @@ impl Default for Tuning {
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             relay_batch_size: 500,
-            rating_recompute_interval: Duration::from_millis(100),
+            rating_recompute_interval: Duration::ZERO,
             lease: Duration::from_secs(30),
             job_timeout: Duration::from_secs(20),
             reconcile_after: Duration::from_secs(10),
@@ -234,14 +235,14 @@ mod tests {
     }
 
     #[test]
-    fn the_rating_recompute_interval_defaults_to_100ms_and_takes_units() {
+    fn the_rating_recompute_interval_defaults_to_none_and_takes_units() {
         let cli = parse(&[]).unwrap();
+        assert_eq!(cli.run.tuning.rating_recompute_interval, Duration::ZERO);
+        let cli = parse(&["--rating-recompute-interval", "250ms"]).unwrap();
         assert_eq!(
             cli.run.tuning.rating_recompute_interval,
-            Duration::from_millis(100)
+            Duration::from_millis(250)
         );
-        let cli = parse(&["--rating-recompute-interval", "0ms"]).unwrap();
-        assert_eq!(cli.run.tuning.rating_recompute_interval, Duration::ZERO);
         cli.run.tuning.validate().unwrap();
     }
 
