@@ -190,7 +190,10 @@ async fn a_product_written_without_pause_is_recomputed_a_few_times_not_once_per_
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let mut args = p.args();
-    args.tuning.rating_recompute_interval = Duration::from_millis(400);
+    // Long next to the writes below, even on a loaded machine (a run of the suite once took
+    // them past 400 ms, and a write that lands while the held-back recompute runs gets a
+    // recompute of its own).
+    args.tuning.rating_recompute_interval = Duration::from_secs(2);
     let worker = p.start_worker_with(args, JobHandlers::standard()).await;
     p.add_reviews(product, authors("first", 1)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
@@ -204,8 +207,8 @@ async fn a_product_written_without_pause_is_recomputed_a_few_times_not_once_per_
     let recomputes = p
         .count("select count(*) from jobs where kind = 'recompute_rating'")
         .await;
-    // The first, then one for the 19 (a third at most, if a slow machine's writes outlast
-    // the interval). Without the interval: about one per review.
+    // The first, then one for the 19 (a third at most, should the writes outlast the
+    // interval). Without the interval: about one per review.
     assert!((2..=3).contains(&recomputes), "{recomputes} recomputes");
     assert_eq!(
         p.count("select review_count::bigint from product_ratings")
@@ -221,7 +224,7 @@ async fn a_product_written_without_pause_is_recomputed_a_few_times_not_once_per_
         )
         .await;
     assert!(
-        gap[0] >= 0.39,
+        gap[0] >= 1.99,
         "the second started {gap:?} s after the first"
     );
     p.assert_ratings_match_reviews().await;
