@@ -27,9 +27,9 @@ pub struct RelayedBatch {
 /// them); each event is delivered to each active webhook that wants its type; every product
 /// touched gets one rating recompute, merged with a pending one that has not started yet.
 /// A product's recompute is due no sooner than `recompute_interval` after its last one
-/// (`product_ratings.updated_at`): a product written to without pause is recomputed a few
-/// times a second, each recompute covering the events since the last, instead of once per
-/// relay batch with the whole aggregate each time. The relayed event ids are announced on
+/// started (`product_ratings.updated_at`, so a recompute still running does not count): a
+/// product written to without pause is recomputed about once per interval, each recompute
+/// covering the events since the last, instead of once per relay batch. The relayed event ids are announced on
 /// `review_events` (for the API's live subscriptions), in the same transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,

@@ -153,8 +153,9 @@ pub struct Tuning {
     #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", value_name = "RELAY_BATCH_SIZE",
           default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch_size: u32,
-    /// Shortest time between two rating recomputes of one product: events of a product
-    /// recomputed less than this ago wait for the next recompute, and share it. Trades how
+    /// How long after a product's last rating recompute its next one waits: events of a
+    /// product recomputed less than this ago share the next recompute (one relayed while a
+    /// recompute runs may get its own, so: about one per interval). Trades how
     /// soon a busy product's rating shows its reviews for less recompute work (see
     /// docs/PERFORMANCE.md); `0ms` recomputes as soon as the events are relayed.
     #[arg(long = "rating-recompute-interval", env = "RATING_RECOMPUTE_INTERVAL",
