@@ -83,7 +83,7 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
 /// its writer got the commit's acknowledgement to the start of its notify job. The commit
 /// itself lies between the event's transaction start ([`commit_to_job_start`]'s origin, which
 /// counts the writer's own insert and WAL flush) and this acknowledgement, which reaches the
-/// writer a few tens of µs after it.
+/// writer some µs after it (more if the writer's task is scheduled late).
 pub async fn acknowledged_to_job_start(
     client: &Client,
     acknowledged: &[crate::load::Acknowledged],

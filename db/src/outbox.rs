@@ -29,8 +29,9 @@ pub struct RelayedBatch {
 /// A product's recompute is due no sooner than `recompute_interval` after its last one
 /// started (`product_ratings.updated_at`, so a recompute still running does not count): a
 /// product written to without pause is recomputed about once per interval, each recompute
-/// covering the events since the last, instead of once per relay batch. The relayed event ids are announced on
-/// `review_events` (for the API's live subscriptions), in the same transaction.
+/// covering the events since the last, instead of once per relay batch. The relayed event
+/// ids are announced on `review_events` (for the API's live subscriptions), in the same
+/// transaction.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
     limit: i64,
