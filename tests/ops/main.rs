@@ -487,6 +487,30 @@ async fn scripts_dev_brings_the_stack_up_twice_safely_and_down_again() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dev_dir);
+    // The worker made its queue under the prefix: remove it too (the same Redis scripts/dev
+    // used: REDIS_URL, else REDIS_HOST and REDIS_PORT, else the default).
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        format!(
+            "redis://{}:{}",
+            var("REDIS_HOST", "127.0.0.1"),
+            var("REDIS_PORT", "6379")
+        )
+    });
+    let redis = redis::Client::open(redis_url).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{db_name}}}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]
