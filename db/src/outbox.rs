@@ -75,10 +75,14 @@ pub async fn relay_pending_events<C: AsClient>(
                          'recompute_rating', c.event_id, c.product_id::text,
                          jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
                                             'actor_id', c.actor_id, 'request_id', c.request_id),
+                         -- Without an interval (the default) the summary is not read.
                          -- greatest() skips the null of a product never recomputed.
-                         greatest(now(), pr.updated_at + $2 * interval '1 millisecond')
+                         case when $2 > 0
+                              then greatest(now(), (select pr.updated_at from product_ratings pr
+                                                    where pr.product_id = c.product_id)
+                                                   + $2 * interval '1 millisecond')
+                              else now() end
                   from claimed c
-                  left join product_ratings pr on pr.product_id = c.product_id
                   order by c.product_id, c.id desc)
                  union all
                  (select 'deliver_webhook', c.event_id, null,

@@ -41,7 +41,7 @@ pub struct Relay {
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub reconcile_after: Duration,
-    /// The shortest time between two rating recomputes of one product.
+    /// How long after a product's last rating recompute its next one waits (0: not at all).
     pub recompute_interval: Duration,
     /// Rung when jobs go to the queue's delayed set, so the runner's promoter sleeps until
     /// the first is due rather than for the whole poll interval.

@@ -70,7 +70,8 @@ pub struct Runner {
     pub stats: Arc<RunnerStats>,
     /// Deliveries this runner holds, by stream entry id.
     held: Arc<Mutex<HashMap<String, Delivery>>>,
-    /// Rung when this runner schedules a retry, so the promoter recomputes its sleep.
+    /// Rung when this runner schedules a retry, or this worker's relay holds a recompute back
+    /// (see [`Runner::delayed_bell`]), so the promoter recomputes its sleep.
     retry_scheduled: Arc<Notify>,
     completer: Completer,
 }
