@@ -1,5 +1,5 @@
-//! `ApiError`, the one error type resolvers return, and how each becomes a GraphQL error with
-//! `extensions.code`.
+//! `ErrorCode`, the codes clients see in `extensions.code`; `ApiError`, the one error type
+//! resolvers return, and how each becomes a GraphQL error with its code.
 //!
 //! `ApiError` deliberately does not implement `Display`: async-graphql converts anything
 //! displayable into an error *without* a code, so keeping `Display` off forces every error
@@ -8,6 +8,55 @@
 
 use async_graphql::ErrorExtensions;
 use reviews_db::StoreError;
+
+/// Every code a client can see in `extensions.code` (and the `code` label of
+/// `graphql_errors_total`): a closed set, so metrics labels stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadUserInput,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited,
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadUserInput,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// The code an error's extension names; a string that is none of ours is INTERNAL
+    /// (something other than our resolvers made it, and its text is not for clients).
+    pub fn from_extension(code: &str) -> ErrorCode {
+        Self::ALL
+            .into_iter()
+            .find(|known| known.as_str() == code)
+            .unwrap_or(ErrorCode::Internal)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum ApiError {
@@ -24,14 +73,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadInput(_) => "BAD_USER_INPUT",
-            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
-            ApiError::Forbidden(_) => "FORBIDDEN",
-            ApiError::NotFound(_) => "NOT_FOUND",
-            ApiError::Conflict(_) => "CONFLICT",
-            ApiError::Internal(_) => "INTERNAL",
+            ApiError::BadInput(_) => ErrorCode::BadUserInput,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -87,8 +136,21 @@ impl From<ApiError> for async_graphql::Error {
                 "internal error".to_owned()
             }
         };
-        async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+        async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code.as_str()))
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_reads_back_from_its_extension_and_strangers_are_internal() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_extension(code.as_str()), code);
+        }
+        assert_eq!(ErrorCode::from_extension("OOPS"), ErrorCode::Internal);
+    }
+}

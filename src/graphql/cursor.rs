@@ -90,7 +90,11 @@ mod tests {
     fn garbage_cursors_are_bad_input() {
         for cursor in ["", "!!!", "djE6eHh4", &URL_SAFE_NO_PAD.encode("v2:1:x")] {
             let error = decode_cursor(cursor).unwrap_err();
-            assert_eq!(error.code(), "BAD_USER_INPUT", "{cursor}");
+            assert_eq!(
+                error.code(),
+                crate::error::ErrorCode::BadUserInput,
+                "{cursor}"
+            );
         }
     }
 

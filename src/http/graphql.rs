@@ -14,13 +14,15 @@ use std::time::Instant;
 use async_graphql::parser::types::OperationType;
 use async_graphql::ErrorExtensions;
 use bytes::Bytes;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::{error_code_label, error_response, request_id, set_request_id, AppState};
+use super::reply::{error_response, rate_limited, request_id, set_request_id};
+use super::state::AppState;
 use crate::auth::Auth;
 use crate::config::AppEnv;
+use crate::error::ErrorCode;
 use crate::graphql::{request_data, RequestId};
 use crate::limits::inspect_document;
 
@@ -62,7 +64,7 @@ pub async fn post(
     if !is_json {
         return error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "POST /graphql needs content-type: application/json",
             &caller.request_id,
         );
@@ -77,7 +79,7 @@ pub async fn post(
             };
             return error_response(
                 StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+                ErrorCode::BadUserInput,
                 &message,
                 &caller.request_id,
             );
@@ -94,7 +96,7 @@ pub async fn get(state: AppState, caller: Caller, params: HashMap<String, String
             AppEnv::Development => crate::graphiql::page(),
             AppEnv::Production => error_response(
                 StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 "GraphiQL is off in production",
                 &caller.request_id,
             ),
@@ -110,7 +112,7 @@ pub async fn get(state: AppState, caller: Caller, params: HashMap<String, String
             Err(_) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
-                    "BAD_USER_INPUT",
+                    ErrorCode::BadUserInput,
                     "variables must be a JSON object",
                     &caller.request_id,
                 )
@@ -127,12 +129,14 @@ async fn execute(
     request: async_graphql::Request,
 ) -> Response {
     let request_id = caller.request_id.clone();
-    let refuse =
-        |status, code: &str, message: &str| error_response(status, code, message, &request_id);
+    let refuse = |status, code: ErrorCode, message: &str| {
+        metrics::counter!("graphql_errors_total", "code" => code.as_str()).increment(1);
+        error_response(status, code, message, &request_id)
+    };
     if request.query.trim().is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "the body must be a JSON object with a non-empty `query` string",
         );
     }
@@ -149,12 +153,12 @@ async fn execute(
                 "too many aliases: {} (at most {})",
                 facts.aliases, state.limits.max_aliases
             );
-            return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
         if facts.introspects && state.app_env == AppEnv::Production {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+                ErrorCode::BadUserInput,
                 "introspection is disabled",
             );
         }
@@ -162,7 +166,7 @@ async fn execute(
             if method == Method::Get {
                 return refuse(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    "BAD_USER_INPUT",
+                    ErrorCode::BadUserInput,
                     "mutations must be sent with POST and content-type: application/json",
                 );
             }
@@ -187,12 +191,15 @@ async fn execute(
         tokio::time::timeout(state.limits.request_timeout, state.schema.execute(request)).await;
     let Ok(mut response) = executed else {
         tracing::warn!(request.id = %request_id.0, "graphql request timed out");
-        metrics::counter!("graphql_errors_total", "code" => "TIMEOUT").increment(1);
         let message = format!(
             "the request took longer than {:?} and was cancelled",
             state.limits.request_timeout
         );
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TIMEOUT", &message);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout,
+            &message,
+        );
     };
 
     for error in &mut response.errors {
@@ -201,21 +208,21 @@ async fn execute(
             .as_ref()
             .and_then(|e| e.get("code"))
             .and_then(|v| match v {
-                async_graphql::Value::String(s) => Some(error_code_label(s)),
+                async_graphql::Value::String(s) => Some(ErrorCode::from_extension(s)),
                 _ => None,
             });
         // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
         // types, limits) are the client's: give them the input code so every error has one.
-        let code = code.unwrap_or("BAD_USER_INPUT");
+        let code = code.unwrap_or(ErrorCode::BadUserInput);
         let request_id = request_id.0.clone();
         let extended = async_graphql::Error::new(error.message.clone()).extend_with(|_, e| {
-            e.set("code", code);
-            if code == "INTERNAL" {
+            e.set("code", code.as_str());
+            if code == ErrorCode::Internal {
                 e.set("requestId", request_id.clone());
             }
         });
         error.extensions = extended.extensions;
-        metrics::counter!("graphql_errors_total", "code" => code).increment(1);
+        metrics::counter!("graphql_errors_total", "code" => code.as_str()).increment(1);
     }
     let outcome = if response.errors.is_empty() {
         "ok"
@@ -236,23 +243,6 @@ async fn execute(
     let mut reply = warp::reply::json(&response).into_response();
     set_request_id(&mut reply, &request_id);
     reply
-}
-
-fn rate_limited(wait: std::time::Duration, request_id: &RequestId) -> Response {
-    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-    metrics::counter!("graphql_errors_total", "code" => "RATE_LIMITED").increment(1);
-    let body = serde_json::json!({"errors": [{
-        "message": format!("too many mutations: try again in {seconds} s"),
-        "extensions": {"code": "RATE_LIMITED", "retryAfterSeconds": seconds},
-    }]});
-    let mut response =
-        warp::reply::with_status(warp::reply::json(&body), StatusCode::TOO_MANY_REQUESTS)
-            .into_response();
-    response
-        .headers_mut()
-        .insert("retry-after", HeaderValue::from(seconds));
-    set_request_id(&mut response, request_id);
-    response
 }
 
 /// `GET /graphql` with a websocket upgrade: subscriptions. A token may come in the

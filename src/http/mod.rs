@@ -5,43 +5,33 @@
 //! - `graphql`: the GraphQL endpoint: CSRF rules, request limits, rate limits, timeouts and
 //!   how errors are shaped.
 //! - `documents`: parsed queries kept by their text, so a repeated query is parsed once.
+//! - `reply`: request ids and the error bodies of requests refused before execution.
+//! - `state`: what every request handler shares (`AppState`).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::Db;
 use serde_json::json;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
 mod documents;
 mod graphql;
+mod reply;
+mod state;
 
-use crate::auth::TokenKeys;
-use crate::config::{AppEnv, Limits};
-use crate::graphql::{RequestId, ReviewsSchema};
-use crate::rate_limit::MutationLimits;
+use crate::error::ErrorCode;
+use crate::graphql::RequestId;
 pub use documents::DocumentCache;
+use reply::error_response;
+pub use state::AppState;
 
 /// Largest request body we read, in bytes.
 pub const MAX_BODY_BYTES: u64 = 256 * 1024;
 
 /// How long /readyz waits for Postgres before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Clone)]
-pub struct AppState {
-    pub schema: ReviewsSchema,
-    pub db: Db,
-    /// Shared: the state is cloned for every request.
-    pub keys: Arc<TokenKeys>,
-    pub limits: Limits,
-    pub mutation_limits: MutationLimits,
-    pub app_env: AppEnv,
-    pub documents: Arc<DocumentCache>,
-}
 
 /// Every route of the API.
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -147,55 +137,6 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// A request id from the client when it looks like one, else a fresh one.
-pub(crate) fn request_id(header: Option<String>) -> RequestId {
-    match header {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-        {
-            RequestId(id)
-        }
-        _ => RequestId(uuid::Uuid::new_v4().to_string()),
-    }
-}
-
-/// A GraphQL-shaped error body for requests that never reached the executor.
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: &RequestId,
-) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": code}}]});
-    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-    set_request_id(&mut response, request_id);
-    response
-}
-
-pub(crate) fn set_request_id(response: &mut Response, request_id: &RequestId) {
-    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-}
-
-/// Our error codes as static labels (anything else counts as INTERNAL).
-pub(crate) fn error_code_label(code: &str) -> &'static str {
-    match code {
-        "BAD_USER_INPUT" => "BAD_USER_INPUT",
-        "UNAUTHENTICATED" => "UNAUTHENTICATED",
-        "FORBIDDEN" => "FORBIDDEN",
-        "NOT_FOUND" => "NOT_FOUND",
-        "CONFLICT" => "CONFLICT",
-        "RATE_LIMITED" => "RATE_LIMITED",
-        "TIMEOUT" => "TIMEOUT",
-        _ => "INTERNAL",
-    }
-}
-
 async fn readiness(state: AppState) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
         Ok(Ok(())) => warp::reply::json(&json!({"status": "ready"})).into_response(),
@@ -218,27 +159,31 @@ async fn readiness(state: AppState) -> Response {
 async fn reject_cleanly(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let request_id = RequestId(uuid::Uuid::new_v4().to_string());
     let (status, code, message) = if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "request body too large",
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "method not allowed",
         )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (
             StatusCode::LENGTH_REQUIRED,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "content-length required",
         )
     } else {
-        (StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "bad request")
+        (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadUserInput,
+            "bad request",
+        )
     };
     Ok(error_response(status, code, message, &request_id))
 }
