@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use reviews_db::DbArgs;
 
 use crate::auth::Role;
-use crate::telemetry::LogFormat;
+use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(

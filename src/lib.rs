@@ -5,7 +5,6 @@
 //!
 //! # Layout
 //! - `config`: command line and environment (`reviews-api --help`).
-//! - `telemetry`: logging.
 //! - `http`: routes, request ids, readiness.
 //! - `auth`: bearer tokens and roles.
 //! - `limits`, `rate_limit`: what one request may ask for, how often mutations may come.
@@ -25,7 +24,6 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod rate_limit;
-pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

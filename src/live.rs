@@ -7,12 +7,12 @@
 //! [`BUFFER`] events is dropped (its stream ends) rather than let memory grow.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use reviews_db::ratings::RatingSummary;
 use reviews_db::reviews::Review;
 use reviews_db::Db;
+use reviews_service::Backoff;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
@@ -54,18 +54,18 @@ impl LiveFeed {
 
     async fn listen_forever(self, mut config: tokio_postgres::Config, db: Db) {
         config.application_name("reviews-api-live");
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::reconnecting();
         loop {
             match self.listen(&config, &db).await {
-                Ok(()) => delay = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(error) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         error = format!("{error:#}"),
                         retry_in_ms = delay.as_millis() as u64,
                         "live feed lost its Postgres connection; reconnecting"
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use reviews_api::config::{AppEnv, Cli, Command, Limits};
-use reviews_api::{graphql, telemetry};
+use reviews_api::graphql;
+use reviews_service::{shutdown, telemetry};
 
 /// mimalloc instead of glibc's malloc: a GraphQL request allocates many small, short-lived
 /// values, and glibc's malloc/free took ~12% of the API's CPU under the page-query load.
@@ -55,19 +56,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: reviews_api::config::ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log.log_format);
-    let server = reviews_api::run(&args, shutdown_signal()).await?;
+    let server = reviews_api::run(&args, shutdown::signal("draining requests")).await?;
     server.task.await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutdown signal received; draining requests");
 }

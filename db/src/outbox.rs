@@ -18,105 +18,86 @@ pub struct RelayedBatch {
     pub held_back: Vec<(i64, Duration)>,
 }
 
-/// Claims up to `limit` pending events (skipping rows other workers hold), creates the jobs
-/// they imply and takes them off `outbox_pending`, all in one statement (and so one
-/// transaction). The outbox rows themselves are only read: see
-/// `migrations/0011_pending_events_table.sql`.
+/// The relay's statement for these job kinds: each `(name, from_events)` pair names a kind
+/// and the `select` that makes its jobs from the claimed events (see the worker's
+/// `JobKind::FROM_EVENTS`). Built once per worker; run by [`relay_pending_events`].
 ///
-/// One `notify_owner` job tells the owners about every event of the batch (its payload lists
-/// them); each event is delivered to each active webhook that wants its type; every product
-/// touched gets one rating recompute, merged with a pending one that has not started yet.
-/// A product's recompute is due no sooner than `recompute_interval` after its last one
-/// started (`product_ratings.updated_at`, so a recompute still running does not count): a
-/// product written to without pause is recomputed about once per interval, each recompute
-/// covering the events since the last, instead of once per relay batch. The relayed event
-/// ids are announced on `review_events` (for the API's live subscriptions), in the same
-/// transaction.
+/// It claims up to `$1` pending events (skipping rows other workers hold), creates the jobs
+/// every kind makes of them, and takes the events off `outbox_pending`, all in one statement
+/// (and so one transaction). The outbox rows themselves are only read: see
+/// `migrations/0011_pending_events_table.sql`. A job whose kind and coalesce key match one
+/// that waits unstarted is not created twice. Jobs due later (`run_at` in the future) come
+/// back apart, with how long until they are due. The relayed event ids are announced on
+/// `review_events` (for the API's live subscriptions), in the same transaction.
+pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let made: Vec<String> = kinds
+        .into_iter()
+        .map(|(name, from_events)| {
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "job kind names are [a-z_]+: {name:?}"
+            );
+            format!(
+                "(select '{name}'::text, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
+                from_events.trim_end()
+            )
+        })
+        .collect();
+    format!(
+        "with relayed as (
+             -- By ctid, not by a join on id: a TID scan, whatever the planner thinks of the
+             -- backlog's size. The locked rows cannot move: pending rows are only ever
+             -- inserted and deleted, never updated.
+             delete from outbox_pending
+             where ctid = any (array(select ctid from outbox_pending
+                                     order by id
+                                     limit $1
+                                     for update skip locked))
+             returning id
+         ), claimed as (
+             select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
+                    o.actor_id, o.request_id, o.occurred_at
+             from outbox o
+             join relayed r on r.id = o.id
+         ), inserted as (
+             insert into jobs (kind, event_id, coalesce_key, payload, run_at)
+             {made}
+             on conflict (kind, coalesce_key)
+                 where status = 'pending' and attempts = 0 and coalesce_key is not null
+                 do nothing
+             returning id, run_at
+         ), held_back as (
+             select id, ceil(extract(epoch from run_at - now()) * 1000)::int8 as due_in_ms
+             from inserted where run_at > now()
+         ), announced as (
+             select pg_notify('review_events', string_agg(c.event_id::text, ','))
+             from claimed c
+             group by c.id / 100
+         )
+         select (select count(*) from relayed) as events,
+                (select count(*) from announced) as announcements,
+                coalesce((select array_agg(id) from inserted where run_at <= now()), '{{}}')
+                    as job_ids,
+                coalesce((select array_agg(id order by id) from held_back), '{{}}') as held_ids,
+                coalesce((select array_agg(due_in_ms order by id) from held_back), '{{}}')
+                    as held_due_in_ms",
+        made = made.join("\n             union all\n             ")
+    )
+}
+
+/// Relays up to `limit` pending events with `statement` (from [`relay_statement`]).
+/// `recompute_interval` is the statement's `$2`: how long after a product's last rating
+/// recompute its next one may start.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
+    statement: &str,
     limit: i64,
     recompute_interval: Duration,
 ) -> Result<RelayedBatch, StoreError> {
     let interval_ms = i64::try_from(recompute_interval.as_millis()).unwrap_or(i64::MAX);
     let row = db
         .query_typed_one(
-            "with relayed as (
-                 -- By ctid, not by a join on id: a TID scan, whatever the planner thinks of
-                 -- the backlog's size. The locked rows cannot move: pending rows are only
-                 -- ever inserted and deleted, never updated.
-                 delete from outbox_pending
-                 where ctid = any (array(select ctid from outbox_pending
-                                         order by id
-                                         limit $1
-                                         for update skip locked))
-                 returning id
-             ), claimed as (
-                 select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
-                        o.actor_id, o.request_id, o.occurred_at
-                 from outbox o
-                 join relayed r on r.id = o.id
-             ), inserted as (
-                 insert into jobs (kind, event_id, coalesce_key, payload, run_at)
-                 (select 'notify_owner', null::uuid, null::text,
-                         jsonb_build_object('events', jsonb_agg(jsonb_build_object(
-                             'event_id', c.event_id,
-                             'event_type', c.event_type,
-                             'review_id', c.review_id,
-                             'product_id', c.product_id,
-                             'author_id', coalesce(c.payload->'new'->>'author_id',
-                                                   c.payload->'old'->>'author_id'),
-                             'actor_id', c.actor_id,
-                             'request_id', c.request_id) order by c.id)),
-                         now()
-                  from claimed c
-                  having count(*) > 0)
-                 union all
-                 (select distinct on (c.product_id)
-                         'recompute_rating', c.event_id, c.product_id::text,
-                         jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
-                                            'actor_id', c.actor_id, 'request_id', c.request_id),
-                         -- Without an interval (the default) the summary is not read.
-                         -- greatest() skips the null of a product never recomputed.
-                         case when $2 > 0
-                              then greatest(now(), (select pr.updated_at from product_ratings pr
-                                                    where pr.product_id = c.product_id)
-                                                   + $2 * interval '1 millisecond')
-                              else now() end
-                  from claimed c
-                  order by c.product_id, c.id desc)
-                 union all
-                 (select 'deliver_webhook', c.event_id, null,
-                         jsonb_build_object(
-                             'webhook_id', w.id,
-                             'event_id', c.event_id,
-                             'event_type', c.event_type,
-                             'occurred_at', c.occurred_at,
-                             'data', c.payload,
-                             'request_id', c.request_id),
-                         now()
-                  from claimed c
-                  join webhooks w on c.event_type = any (w.event_types)
-                  where not w.paused and w.disabled_at is null)
-                 on conflict (kind, coalesce_key)
-                     where status = 'pending' and attempts = 0 and coalesce_key is not null
-                     do nothing
-                 returning id, run_at
-             ), held_back as (
-                 select id, ceil(extract(epoch from run_at - now()) * 1000)::int8 as due_in_ms
-                 from inserted where run_at > now()
-             )
-             , announced as (
-                 select pg_notify('review_events', string_agg(c.event_id::text, ','))
-                 from claimed c
-                 group by c.id / 100
-             )
-             select (select count(*) from relayed) as events,
-                    (select count(*) from announced) as announcements,
-                    coalesce((select array_agg(id) from inserted where run_at <= now()), '{}')
-                        as job_ids,
-                    coalesce((select array_agg(id order by id) from held_back), '{}') as held_ids,
-                    coalesce((select array_agg(due_in_ms order by id) from held_back), '{}')
-                        as held_due_in_ms",
+            statement,
             &[(&limit, Type::INT8), (&interval_ms, Type::INT8)],
         )
         .await?;

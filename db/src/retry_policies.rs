@@ -13,6 +13,19 @@ pub struct RetryPolicyRow {
     pub jitter: f64,
 }
 
+impl From<&tokio_postgres::Row> for RetryPolicyRow {
+    fn from(r: &tokio_postgres::Row) -> Self {
+        RetryPolicyRow {
+            kind: r.get("kind"),
+            max_attempts: r.get("max_attempts"),
+            base_delay_ms: r.get("base_delay_ms"),
+            multiplier: r.get("multiplier"),
+            max_delay_ms: r.get("max_delay_ms"),
+            jitter: r.get("jitter"),
+        }
+    }
+}
+
 pub async fn load_retry_policies<C: AsClient>(
     db: &Sql<C>,
 ) -> Result<Vec<RetryPolicyRow>, StoreError> {
@@ -23,17 +36,29 @@ pub async fn load_retry_policies<C: AsClient>(
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| RetryPolicyRow {
-            kind: r.get("kind"),
-            max_attempts: r.get("max_attempts"),
-            base_delay_ms: r.get("base_delay_ms"),
-            multiplier: r.get("multiplier"),
-            max_delay_ms: r.get("max_delay_ms"),
-            jitter: r.get("jitter"),
-        })
-        .collect())
+    Ok(rows.iter().map(RetryPolicyRow::from).collect())
+}
+
+/// Gives each kind of `defaults` that has no row its default schedule (a kind added to the
+/// code gets one when a worker first starts); rows that exist, and an operator's changes to
+/// them, are kept. Returns how many rows were added.
+pub async fn insert_missing_retry_policies<C: AsClient>(
+    db: &Sql<C>,
+    defaults: &[RetryPolicyRow],
+) -> Result<u64, StoreError> {
+    let kinds: Vec<&str> = defaults.iter().map(|p| p.kind.as_str()).collect();
+    let max_attempts: Vec<i32> = defaults.iter().map(|p| p.max_attempts).collect();
+    let base_delay_ms: Vec<i64> = defaults.iter().map(|p| p.base_delay_ms).collect();
+    let multiplier: Vec<f64> = defaults.iter().map(|p| p.multiplier).collect();
+    let max_delay_ms: Vec<i64> = defaults.iter().map(|p| p.max_delay_ms).collect();
+    let jitter: Vec<f64> = defaults.iter().map(|p| p.jitter).collect();
+    db.execute(
+        "insert into retry_policies (kind, max_attempts, base_delay_ms, multiplier, max_delay_ms, jitter)
+         select * from unnest($1::text[], $2::int4[], $3::int8[], $4::float8[], $5::int8[], $6::float8[])
+         on conflict (kind) do nothing",
+        &[&kinds, &max_attempts, &base_delay_ms, &multiplier, &max_delay_ms, &jitter],
+    )
+    .await
 }
 
 /// Changes a kind's policy; `None` fields keep their value. Returns the new row, or `None`
@@ -68,12 +93,5 @@ pub async fn update_retry_policy<C: AsClient>(
             ],
         )
         .await?;
-    Ok(row.map(|r| RetryPolicyRow {
-        kind: r.get("kind"),
-        max_attempts: r.get("max_attempts"),
-        base_delay_ms: r.get("base_delay_ms"),
-        multiplier: r.get("multiplier"),
-        max_delay_ms: r.get("max_delay_ms"),
-        jitter: r.get("jitter"),
-    }))
+    Ok(row.as_ref().map(RetryPolicyRow::from))
 }

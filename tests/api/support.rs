@@ -229,12 +229,12 @@ impl TestApp {
             },
             webhooks: Default::default(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            log_format: reviews_worker::telemetry::LogFormat::Text,
+            log_format: reviews_service::LogFormat::Text,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let worker = reviews_worker::start(
             &args,
-            reviews_worker::jobs::JobHandlers::standard(),
+            reviews_worker::jobs::JobRegistry::standard(),
             async {
                 let _ = stopped.await;
             },

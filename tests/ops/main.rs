@@ -538,9 +538,14 @@ async fn the_application_role_may_read_and_write_data_but_is_refused_ddl() {
     // Data: yes, through the same statements the API and worker use.
     client.batch_execute(SEED).await.unwrap();
     let sql = reviews_db::Sql::new(client, Default::default());
-    let batch = reviews_db::outbox::relay_pending_events(&sql, 100, std::time::Duration::ZERO)
-        .await
-        .unwrap();
+    let batch = reviews_db::outbox::relay_pending_events(
+        &sql,
+        &reviews_worker::relay::statement_for(&reviews_worker::jobs::JobRegistry::standard()),
+        100,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert_eq!(batch.events, 3);
     let timeout: String = sql
         .query_one("show statement_timeout", &[])

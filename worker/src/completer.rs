@@ -1,24 +1,29 @@
-//! The completer: records successful jobs in batches.
+//! The completer: records what became of each job run, in Postgres first and then in Redis,
+//! so a crash in between leaves a delivery that is taken back and settled again (a job that
+//! is done cannot start again: it is acknowledged then).
 //!
-//! Under load many jobs succeed within the same millisecond. Marking each done in its own
-//! transaction, and acknowledging each in its own Redis call, cost a WAL flush and two round
-//! trips per job, and the flushes were what bounded the drain rate. Here every succeeded job
-//! hands its delivery to one task, which marks all that have arrived done in one statement,
-//! acknowledges them in one Redis script call, and then answers each job. The order per job
-//! is unchanged (Postgres first, then Redis), so a crash in between leaves a delivery whose
-//! job is done: it is taken back, cannot start, and is acknowledged then.
-//!
-//! When jobs trickle in, a batch is a single job: nothing waits for company.
+//! - Complete: in batches. Under load many jobs succeed within the same millisecond; marking
+//!   each done in its own transaction, and acknowledging each in its own Redis call, costs a
+//!   WAL flush and two round trips per job, and the flushes bound the drain rate. So every
+//!   succeeded job hands its delivery to one task, which marks all that have arrived done in
+//!   one statement, acknowledges them in one Redis script call, and then answers each job.
+//!   When jobs trickle in, a batch is a single job: nothing waits for company.
+//! - Retry and Defer: the next run time in Postgres, the job into Redis's delayed set.
+//! - Bury: a dead letter in Postgres, the job forgotten in Redis.
+//! - A delivered job that could not start: see [`Completer::settle_unstartable`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use reviews_db::jobs;
+use reviews_db::jobs::{self, JobState, StartedJob};
 use reviews_db::Db;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::outcome::Outcome;
+use crate::promoter::DelayedBell;
 use crate::queue::{Delivery, JobQueue};
-use crate::runner::RunnerStats;
+use crate::stats::RunnerStats;
 
 /// The most jobs one completion statement records.
 const MAX_BATCH: usize = 256;
@@ -28,23 +33,141 @@ struct Completion {
     recorded: oneshot::Sender<Result<(), String>>,
 }
 
-/// A handle to the completing task; cheap to clone. The task ends with the last handle.
+/// A handle to the completer; cheap to clone. Its batching task ends with the last handle.
 #[derive(Clone)]
 pub struct Completer {
     sender: mpsc::Sender<Completion>,
+    db: Db,
+    queue: Arc<JobQueue>,
+    stats: Arc<RunnerStats>,
+    delayed_bell: DelayedBell,
 }
 
 impl Completer {
     /// Starts the completing task; call within a tokio runtime.
-    pub fn start(db: Db, queue: Arc<JobQueue>, stats: Arc<RunnerStats>) -> Self {
+    pub fn start(
+        db: Db,
+        queue: Arc<JobQueue>,
+        stats: Arc<RunnerStats>,
+        delayed_bell: DelayedBell,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(complete_batches(db, queue, stats, receiver));
-        Completer { sender }
+        tokio::spawn(complete_batches(
+            db.clone(),
+            queue.clone(),
+            stats.clone(),
+            receiver,
+        ));
+        Completer {
+            sender,
+            db,
+            queue,
+            stats,
+            delayed_bell,
+        }
+    }
+
+    /// Records a started job's outcome in Postgres, then in Redis.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        job: &StartedJob,
+        outcome: Outcome,
+    ) -> anyhow::Result<()> {
+        match outcome {
+            Outcome::Complete => {
+                self.complete(delivery.clone()).await?;
+                self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                record_run(&job.kind, "succeeded");
+                // From the job's creation (the event's relay) to its success.
+                let latency = (now_ms() - job.created_at.timestamp_millis()).max(0);
+                metrics::histogram!("job_end_to_end_seconds", "kind" => job.kind.clone())
+                    .record(latency as f64 / 1000.0);
+                tracing::debug!("job succeeded");
+            }
+            Outcome::Defer { delay, reason } => {
+                // Not an attempt: give it back, and run the job again later.
+                {
+                    let conn = self.db.conn().await?;
+                    jobs::hand_back_job(&conn, job.id).await?;
+                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &reason).await?;
+                }
+                self.queue.retry_later(delivery, delay).await?;
+                self.delayed_bell.ring();
+                record_run(&job.kind, "deferred");
+                tracing::debug!(%reason, "job deferred");
+            }
+            Outcome::Retry { delay, error } => {
+                {
+                    let conn = self.db.conn().await?;
+                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &error).await?;
+                }
+                self.queue.retry_later(delivery, delay).await?;
+                self.delayed_bell.ring();
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                record_run(&job.kind, "retried");
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+            }
+            Outcome::Bury { error, why } => {
+                self.bury(delivery, job.id, &error).await?;
+                record_run(&job.kind, "dead");
+                tracing::error!(error = %error, "{}", why.message());
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a job as a dead letter in Postgres, then forgets it in Redis.
+    async fn bury(&self, delivery: &Delivery, job_id: i64, error: &str) -> anyhow::Result<()> {
+        {
+            let conn = self.db.conn().await?;
+            jobs::bury_job(&conn, job_id, error).await?;
+        }
+        self.queue.finish(delivery).await?;
+        self.stats.dead.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A delivered job that could not start: finished already, scheduled for later, or out
+    /// of attempts because its last attempt never reported back.
+    pub async fn settle_unstartable(
+        &self,
+        delivery: &Delivery,
+        fallback_max: i32,
+    ) -> anyhow::Result<()> {
+        let state = {
+            let conn = self.db.conn().await?;
+            jobs::job_state(&conn, delivery.job_id, fallback_max).await?
+        };
+        match state {
+            JobState::Finished => self.queue.finish(delivery).await?,
+            JobState::Scheduled { in_ms } => {
+                self.queue
+                    .retry_later(delivery, Duration::from_millis(in_ms as u64))
+                    .await?;
+                self.delayed_bell.ring();
+            }
+            JobState::Exhausted { attempts } => {
+                let error = format!(
+                    "attempt {attempts} never reported back (its worker died or stalled past the lease)"
+                );
+                self.bury(delivery, delivery.job_id, &error).await?;
+                metrics::counter!("dead_letters_total", "kind" => "unknown").increment(1);
+                tracing::error!(job.id = delivery.job_id, error = %error, "job is now a dead letter");
+            }
+            JobState::Pending => {
+                self.queue
+                    .retry_later(delivery, Duration::from_millis(100))
+                    .await?;
+                self.delayed_bell.ring();
+            }
+        }
+        Ok(())
     }
 
     /// Marks the delivered job done in Postgres, then acknowledges the delivery in Redis;
     /// returns once both happened (with the job's whole batch).
-    pub async fn complete(&self, delivery: Delivery) -> anyhow::Result<()> {
+    async fn complete(&self, delivery: Delivery) -> anyhow::Result<()> {
         let stopped = || anyhow::anyhow!("the completer stopped");
         let (recorded, answer) = oneshot::channel();
         self.sender
@@ -87,4 +210,20 @@ async fn record(db: &Db, queue: &JobQueue, deliveries: &[Delivery]) -> anyhow::R
     }
     queue.finish_all(deliveries).await?;
     Ok(())
+}
+
+/// Counts a finished run; dead letters also get their own counter.
+fn record_run(kind: &str, outcome: &'static str) {
+    metrics::counter!("job_runs_total", "kind" => kind.to_owned(), "outcome" => outcome)
+        .increment(1);
+    if outcome == "dead" {
+        metrics::counter!("dead_letters_total", "kind" => kind.to_owned()).increment(1);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

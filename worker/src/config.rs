@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reviews_db::DbArgs;
+use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +36,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
-    pub webhooks: crate::jobs::deliver_webhook::WebhookSettings,
+    pub webhooks: WebhookSettings,
     /// Where the worker serves Prometheus metrics (GET /metrics).
     #[arg(
         long = "worker-metrics-addr",
@@ -51,7 +52,7 @@ pub struct WorkerArgs {
         value_name = "LOG_FORMAT",
         default_value = "text"
     )]
-    pub log_format: crate::telemetry::LogFormat,
+    pub log_format: LogFormat,
 }
 
 /// Where Redis is. `REDIS_URL` wins; otherwise the `REDIS_*` parts are used.
@@ -218,6 +219,42 @@ impl Tuning {
             "RATING_RECOMPUTE_INTERVAL must be at most 1m: ratings would lag that long"
         );
         Ok(())
+    }
+}
+
+/// How webhooks are delivered (`deliver_webhook`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookSettings {
+    /// Allow webhook URLs that resolve to private, loopback or link-local addresses.
+    #[arg(long = "webhook-allow-private-networks", env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS",
+          value_name = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_networks: bool,
+    /// Connect timeout of a delivery.
+    #[arg(long = "webhook-connect-timeout", env = "WEBHOOK_CONNECT_TIMEOUT", value_name = "WEBHOOK_CONNECT_TIMEOUT",
+          default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Total timeout of a delivery (must be shorter than JOB_TIMEOUT).
+    #[arg(long = "webhook-timeout", env = "WEBHOOK_TIMEOUT", value_name = "WEBHOOK_TIMEOUT",
+          default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Deliveries in flight at once to one endpoint, per worker.
+    #[arg(
+        long = "webhook-concurrency-per-endpoint",
+        env = "WEBHOOK_CONCURRENCY_PER_ENDPOINT",
+        value_name = "WEBHOOK_CONCURRENCY_PER_ENDPOINT",
+        default_value_t = 4
+    )]
+    pub concurrency_per_endpoint: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            allow_private_networks: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            concurrency_per_endpoint: 4,
+        }
     }
 }
 

@@ -10,45 +10,57 @@
 //! lane and may forget: reconciliation re-enqueues whatever it lost.
 //!
 //! # Layout
+//! In the order of the flow:
 //! - `config`: environment and flags (`reviews-worker --help`).
 //! - `listener`: LISTEN on its own connection, reconnecting; rings the bells.
 //! - `relay`: outbox → jobs → queue; the doorbell; the slow poll.
-//! - `reconcile`: re-enqueues pending jobs the queue does not hold.
-//! - `queue`: the Redis stream, leases, delayed retries.
-//! - `runner`: runs jobs with bounded concurrency, timeouts, heartbeats, graceful shutdown.
-//! - `completer`: records successful jobs in batches (one statement, one Redis call).
+//! - `reconciler`: re-enqueues pending jobs the queue does not hold.
+//! - `queue`: the Redis stream, leases, delayed jobs.
+//! - `runner`: the read loop, slots and shutdown.
+//! - `executor`: starts a batch of jobs, runs each handler call with a timeout and panic
+//!   capture, decides the outcome.
+//! - `outcome`: the decision after a run (complete, retry, defer, bury), a pure function.
+//! - `completer`: records outcomes (successes in batches), Postgres first, then Redis.
+//! - `rescuer`: heartbeats of held leases; take-back of expired ones.
+//! - `promoter`: moves due delayed jobs into the stream.
 //! - `retry`: retry schedules from `retry_policies`.
-//! - `jobs`: the job handlers (`recompute_rating`, `notify_owner`).
-//! - `backoff`, `telemetry`: capped backoff for failing loops; logging.
+//! - `jobs`: the job kinds (`recompute_rating`, `notify_owner`, `deliver_webhook`) and
+//!   their registry.
+//! - `stats`: counters of what the runner did.
 
-pub mod backoff;
 pub mod completer;
 pub mod config;
+pub mod executor;
 pub mod jobs;
 pub mod listener;
+pub mod outcome;
+pub mod promoter;
 pub mod queue;
-pub mod reconcile;
+pub mod reconciler;
 pub mod relay;
+pub mod rescuer;
 pub mod retry;
 pub mod runner;
-pub mod telemetry;
+pub mod stats;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use reviews_db::retry_policies::insert_missing_retry_policies;
 use reviews_db::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerArgs;
-use crate::jobs::JobHandlers;
+use crate::jobs::JobRegistry;
 use crate::listener::{Bells, Listener};
 use crate::queue::JobQueue;
-use crate::reconcile::Reconciler;
-use crate::relay::Relay;
+use crate::reconciler::Reconciler;
+use crate::relay::{Relay, RelaySettings};
 use crate::retry::RetryPolicies;
-use crate::runner::{Runner, RunnerStats};
+use crate::runner::{Runner, RunnerSettings};
+use crate::stats::RunnerStats;
 
 /// A started worker: its counters, and the task to await until it has stopped.
 pub struct Worker {
@@ -63,7 +75,7 @@ pub struct Worker {
 /// finishing or handing back its jobs).
 pub async fn start(
     args: &WorkerArgs,
-    handlers: JobHandlers,
+    registry: JobRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Worker> {
     let tuning = &args.tuning;
@@ -73,6 +85,10 @@ pub async fn start(
         JobQueue::new(&args.redis.url(), &args.redis.redis_prefix)
             .context("while reading REDIS_URL / REDIS_*")?,
     );
+    if let Err(error) = give_new_kinds_their_policies(&db, &registry).await {
+        // A kind without a row retries on the fallback schedule meanwhile.
+        tracing::warn!(error = %error, "could not add the default retry policies of new job kinds");
+    }
     let policies = RetryPolicies::default();
     if let Err(error) = policies.reload(&db).await {
         // The listener rings the policies bell when it connects, so they load later.
@@ -85,16 +101,19 @@ pub async fn start(
     let bells = Bells::default();
     let listener = Listener::new(args.db.pg_config(), bells.clone());
     let listener_reconnects = listener.reconnects();
+    let statement = relay::statement_for(&registry);
     let runner = Runner::new(
         db.clone(),
         queue.clone(),
-        handlers,
+        registry,
         policies.clone(),
-        tuning.concurrency as usize,
-        tuning.lease,
-        tuning.job_timeout,
-        tuning.shutdown_grace,
-        tuning.poll_interval,
+        RunnerSettings {
+            concurrency: tuning.concurrency as usize,
+            lease: tuning.lease,
+            job_timeout: tuning.job_timeout,
+            shutdown_grace: tuning.shutdown_grace,
+            poll_interval: tuning.poll_interval,
+        },
     );
     let relay = Relay {
         db: db.clone(),
@@ -102,10 +121,13 @@ pub async fn start(
         reconciler: Reconciler::new(db.clone(), queue.clone()),
         policies: policies.clone(),
         bells,
-        batch_size: i64::from(tuning.relay_batch_size),
-        poll_interval: tuning.poll_interval,
-        reconcile_after: tuning.reconcile_after,
-        recompute_interval: tuning.rating_recompute_interval,
+        settings: RelaySettings {
+            batch_size: i64::from(tuning.relay_batch_size),
+            poll_interval: tuning.poll_interval,
+            reconcile_after: tuning.reconcile_after,
+            recompute_interval: tuning.rating_recompute_interval,
+        },
+        statement,
         delayed_bell: runner.delayed_bell(),
     };
     let stats = runner.stats.clone();
@@ -141,4 +163,22 @@ pub async fn start(
         policies,
         task,
     })
+}
+
+/// Adds the default retry policy of every kind the registry relays that has no row yet.
+async fn give_new_kinds_their_policies(db: &Db, registry: &JobRegistry) -> anyhow::Result<()> {
+    let defaults: Vec<_> = registry
+        .relayed_kinds()
+        .iter()
+        .map(|kind| kind.default_policy.row(kind.name))
+        .collect();
+    let conn = db.conn().await?;
+    let added = insert_missing_retry_policies(&conn, &defaults).await?;
+    if added > 0 {
+        tracing::info!(
+            kinds = added,
+            "added the default retry policies of new job kinds"
+        );
+    }
+    Ok(())
 }

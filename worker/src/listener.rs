@@ -4,14 +4,13 @@
 //! bell, and the relay and reconciler look for themselves.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use reviews_service::Backoff;
 
 /// The `application_name` of the listener's connection (to find it in pg_stat_activity).
 pub const APPLICATION_NAME: &str = "reviews-worker-listener";
@@ -58,7 +57,7 @@ impl Listener {
 
     /// Listens until `shutdown`, reconnecting whenever the connection is lost.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::reconnecting();
         let mut connected_before = false;
         loop {
             let error = tokio::select! {

@@ -13,16 +13,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
-use reviews_db::outbox::{arm_doorbell, pending_events, relay_pending_events};
+use reviews_db::outbox::{arm_doorbell, pending_events, relay_pending_events, relay_statement};
 use reviews_db::Db;
+use reviews_service::Backoff;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::jobs::JobRegistry;
 use crate::listener::Bells;
+use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
-use crate::reconcile::Reconciler;
+use crate::reconciler::Reconciler;
 use crate::retry::RetryPolicies;
 
 /// What one relay pass found.
@@ -32,20 +32,40 @@ pub enum RelayOutcome {
     Idle,
 }
 
+/// How the relay paces itself (from the worker's `Tuning`).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Events claimed per statement.
+    pub batch_size: i64,
+    /// The slow poll.
+    pub poll_interval: Duration,
+    /// How long a pending job may be overdue before reconciliation re-enqueues it.
+    pub reconcile_after: Duration,
+    /// How long after a product's last rating recompute its next one waits (0: not at all).
+    pub recompute_interval: Duration,
+}
+
 pub struct Relay {
     pub db: Db,
     pub queue: Arc<JobQueue>,
     pub reconciler: Reconciler,
     pub policies: RetryPolicies,
     pub bells: Bells,
-    pub batch_size: i64,
-    pub poll_interval: Duration,
-    pub reconcile_after: Duration,
-    /// How long after a product's last rating recompute its next one waits (0: not at all).
-    pub recompute_interval: Duration,
-    /// Rung when jobs go to the queue's delayed set, so the runner's promoter sleeps until
-    /// the first is due rather than for the whole poll interval.
-    pub delayed_bell: Arc<Notify>,
+    pub settings: RelaySettings,
+    /// The claiming statement, made for the registry's kinds.
+    pub statement: String,
+    /// Rung when jobs go to the queue's delayed set (see `promoter`).
+    pub delayed_bell: DelayedBell,
+}
+
+/// The relay's statement for the kinds `registry` makes jobs of.
+pub fn statement_for(registry: &JobRegistry) -> String {
+    relay_statement(
+        registry
+            .relayed_kinds()
+            .iter()
+            .map(|kind| (kind.name, kind.from_events)),
+    )
 }
 
 impl Relay {
@@ -53,7 +73,8 @@ impl Relay {
     pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
         let batch = {
             let conn = self.db.conn().await?;
-            relay_pending_events(&conn, self.batch_size, self.recompute_interval).await?
+            let (limit, interval) = (self.settings.batch_size, self.settings.recompute_interval);
+            relay_pending_events(&conn, &self.statement, limit, interval).await?
         };
         if batch.events == 0 {
             return Ok(RelayOutcome::Idle);
@@ -73,7 +94,7 @@ impl Relay {
             .enqueue_all(&batch.job_ids, &batch.held_back)
             .await
         {
-            Ok(_) if !batch.held_back.is_empty() => self.delayed_bell.notify_one(),
+            Ok(_) if !batch.held_back.is_empty() => self.delayed_bell.ring(),
             Ok(_) => {}
             // The jobs are safe in Postgres; reconciliation will enqueue them.
             Err(error) => tracing::warn!(error = %error, jobs,
@@ -95,7 +116,7 @@ impl Relay {
 
     /// Runs until `shutdown`: drain, arm, look once more, sleep until the bell or the poll.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::reconnecting();
         // Whether the bell is armed by us and nobody has rung it since.
         let mut armed = false;
         let mut poll_tick = false;
@@ -131,7 +152,7 @@ impl Relay {
                         tracing::warn!(error = %error, "could not reload retry policies");
                     }
                 }
-                _ = tokio::time::sleep(self.poll_interval) => poll_tick = true,
+                _ = tokio::time::sleep(self.settings.poll_interval) => poll_tick = true,
             }
         }
     }
@@ -172,7 +193,9 @@ impl Relay {
             }
         }
         if poll_tick {
-            self.reconciler.reconcile(self.reconcile_after).await?;
+            self.reconciler
+                .reconcile(self.settings.reconcile_after)
+                .await?;
             self.record_gauges().await?;
         }
         Ok(())

@@ -55,6 +55,20 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// This schedule as the `retry_policies` row of `kind`.
+    pub fn row(&self, kind: &str) -> RetryPolicyRow {
+        RetryPolicyRow {
+            kind: kind.to_owned(),
+            max_attempts: self.max_attempts,
+            base_delay_ms: self.base_delay_ms,
+            multiplier: self.multiplier,
+            max_delay_ms: self.max_delay_ms,
+            jitter: self.jitter,
+        }
+    }
+}
+
 impl From<&RetryPolicyRow> for RetryPolicy {
     fn from(row: &RetryPolicyRow) -> Self {
         RetryPolicy {

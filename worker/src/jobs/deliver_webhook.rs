@@ -21,61 +21,94 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use reviews_db::webhooks::{disable_webhook, record_delivery, webhook_by_id, NewDelivery};
-use serde::Deserialize;
+use reviews_db::Db;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{parse_payload, JobContext, JobError};
-
-pub const KIND: &str = "deliver_webhook";
+use super::{Job, JobError, JobKind};
+use crate::config::WebhookSettings;
+use crate::retry::RetryPolicy;
 
 /// Most bytes of a response body read (the rest is dropped unread).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct WebhookSettings {
-    /// Allow webhook URLs that resolve to private, loopback or link-local addresses.
-    #[arg(long = "webhook-allow-private-networks", env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS",
-          value_name = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_private_networks: bool,
-    /// Connect timeout of a delivery.
-    #[arg(long = "webhook-connect-timeout", env = "WEBHOOK_CONNECT_TIMEOUT", value_name = "WEBHOOK_CONNECT_TIMEOUT",
-          default_value = "5s", value_parser = crate::config::parse_duration)]
-    pub connect_timeout: Duration,
-    /// Total timeout of a delivery (must be shorter than JOB_TIMEOUT).
-    #[arg(long = "webhook-timeout", env = "WEBHOOK_TIMEOUT", value_name = "WEBHOOK_TIMEOUT",
-          default_value = "10s", value_parser = crate::config::parse_duration)]
-    pub timeout: Duration,
-    /// Deliveries in flight at once to one endpoint, per worker.
-    #[arg(
-        long = "webhook-concurrency-per-endpoint",
-        env = "WEBHOOK_CONCURRENCY_PER_ENDPOINT",
-        value_name = "WEBHOOK_CONCURRENCY_PER_ENDPOINT",
-        default_value_t = 4
-    )]
-    pub concurrency_per_endpoint: usize,
+/// One event for one endpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    pub webhook_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub occurred_at: Value,
+    /// The outbox row's `{"old": …, "new": …}`.
+    pub data: Value,
+    pub request_id: Option<String>,
 }
 
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            allow_private_networks: false,
-            connect_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(10),
-            concurrency_per_endpoint: 4,
+/// The kind: one delivery per job, through the worker's [`Sender`].
+pub struct DeliverWebhook {
+    sender: Sender,
+}
+
+impl DeliverWebhook {
+    pub fn new(settings: WebhookSettings) -> Self {
+        DeliverWebhook {
+            sender: Sender::new(settings),
         }
     }
 }
 
-#[derive(Deserialize)]
-struct Payload {
-    webhook_id: Uuid,
-    event_id: Uuid,
-    event_type: String,
-    occurred_at: Value,
-    data: Value,
+impl JobKind for DeliverWebhook {
+    const NAME: &'static str = "deliver_webhook";
+    type Payload = Payload;
+    /// Remote systems get a longer, gentler schedule: 12 attempts from 5 s doubling to 1 h.
+    const DEFAULT_POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 12,
+        base_delay_ms: 5_000,
+        multiplier: 2.0,
+        max_delay_ms: 3_600_000,
+        jitter: 0.3,
+    };
+    const IN_BATCHES: bool = false;
+    // One job per event and endpoint that wants its type and is neither paused nor disabled.
+    const FROM_EVENTS: &'static str = "
+        select c.event_id, null::text,
+               jsonb_build_object(
+                   'webhook_id', w.id,
+                   'event_id', c.event_id,
+                   'event_type', c.event_type,
+                   'occurred_at', c.occurred_at,
+                   'data', c.payload,
+                   'request_id', c.request_id),
+               now()
+        from claimed c
+        join webhooks w on c.event_type = any (w.event_types)
+        where not w.paused and w.disabled_at is null";
+
+    /// Delivers each job's event (the runner passes one job per call).
+    async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            results.push(self.sender.deliver(&db, job).await);
+        }
+        results
+    }
+}
+
+/// Why a delivery was not made, or not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// It must not be made (an invalid URL, a destination that is not allowed, a secret that
+    /// cannot sign): it never will be, so the job becomes a dead letter at once.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("timed out")]
+    TimedOut,
+    /// No answer (connection refused, reset, TLS failure…): retried on schedule.
+    #[error("request failed: {0}")]
+    Failed(String),
 }
 
 /// Delivers webhooks; one per worker, shared by its runner tasks.
@@ -172,10 +205,10 @@ impl Sender {
         }
     }
 
-    pub async fn deliver(&self, job: &JobContext) -> Result<(), JobError> {
-        let p: Payload = parse_payload(&job.payload)?;
+    pub async fn deliver(&self, db: &Db, job: &Job<Payload>) -> Result<(), JobError> {
+        let p = &job.payload;
         let webhook = {
-            let conn = job.db.conn().await?;
+            let conn = db.conn().await?;
             webhook_by_id(&conn, p.webhook_id).await?
         };
         let Some(webhook) = webhook.filter(|w| !w.paused && w.disabled_at.is_none()) else {
@@ -191,11 +224,11 @@ impl Sender {
         };
 
         let started = Instant::now();
-        let outcome = self.post(&webhook.url, &webhook.secret, &p).await;
+        let outcome = self.post(&webhook.url, &webhook.secret, p).await;
         let duration_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let (status, error) = match &outcome {
             Ok(response) => (Some(i32::from(response.status)), None),
-            Err(error) => (None, Some(error.clone())),
+            Err(error) => (None, Some(error.to_string())),
         };
         let error_text = error.clone().or_else(|| match &outcome {
             Ok(r) if !(200..300).contains(&r.status) => {
@@ -204,13 +237,13 @@ impl Sender {
             _ => None,
         });
         {
-            let conn = job.db.conn().await?;
+            let conn = db.conn().await?;
             record_delivery(
                 &conn,
                 &NewDelivery {
                     webhook_id: webhook.id,
                     event_id: p.event_id,
-                    job_id: job.job_id,
+                    job_id: job.id,
                     attempt: job.attempt,
                     status_code: status,
                     duration_ms,
@@ -229,7 +262,7 @@ impl Sender {
         match outcome {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
             Ok(r) if r.status == 410 => {
-                let conn = job.db.conn().await?;
+                let conn = db.conn().await?;
                 disable_webhook(&conn, webhook.id, "the endpoint answered 410 Gone").await?;
                 tracing::warn!(webhook.id = %webhook.id, "endpoint answered 410 Gone; disabled");
                 Ok(())
@@ -241,29 +274,28 @@ impl Sender {
                     None => Err(JobError::Retryable(error)),
                 }
             }
-            Err(message) if message.starts_with("refused:") => {
-                Err(JobError::Permanent(anyhow::anyhow!(message)))
-            }
-            Err(message) => Err(JobError::Retryable(anyhow::anyhow!(message))),
+            Err(error @ DeliveryError::Refused(_)) => Err(JobError::Permanent(error.into())),
+            Err(error) => Err(JobError::Retryable(error.into())),
         }
     }
 
-    async fn post(&self, url: &str, secret: &str, p: &Payload) -> Result<Response, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("refused: invalid URL: {e}"))?;
+    async fn post(&self, url: &str, secret: &str, p: &Payload) -> Result<Response, DeliveryError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| DeliveryError::Refused(format!("invalid URL: {e}")))?;
         let (host, address) = self
             .destination(&url)
             .await
-            .map_err(|e| format!("refused: {e}"))?;
+            .map_err(DeliveryError::Refused)?;
         let body = serde_json::to_vec(&json!({
             "id": p.event_id,
             "type": p.event_type,
             "occurredAt": p.occurred_at,
             "data": {"old": p.data.get("old"), "new": p.data.get("new")},
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DeliveryError::Refused(format!("cannot encode the event: {e}")))?;
         let id = p.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = sign(secret, &id, timestamp, &body).map_err(|e| format!("refused: {e}"))?;
+        let signature = sign(secret, &id, timestamp, &body).map_err(DeliveryError::Refused)?;
         let client = reqwest::Client::builder()
             .connect_timeout(self.settings.connect_timeout)
             .timeout(self.settings.timeout)
@@ -271,7 +303,7 @@ impl Sender {
             // Connect to the address that was checked, not to whatever DNS says next.
             .resolve(&host, address)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeliveryError::Failed(e.to_string()))?;
         let mut response = client
             .post(url)
             .header("content-type", "application/json")
@@ -284,9 +316,9 @@ impl Sender {
             .await
             .map_err(|e| {
                 if e.is_timeout() {
-                    "timed out".to_owned()
+                    DeliveryError::TimedOut
                 } else {
-                    format!("request failed: {e}")
+                    DeliveryError::Failed(e.to_string())
                 }
             })?;
         let status = response.status().as_u16();

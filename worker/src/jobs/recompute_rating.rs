@@ -1,36 +1,59 @@
-//! `recompute_rating`: rebuilds a product's rating summary from the reviews table. Bursts of
-//! events for one product are coalesced into one job by the relay, and the jobs started
-//! together recompute their products in one statement.
+//! `recompute_rating`: rebuilds a product's rating summary from the reviews table. The relay
+//! makes one job per product a batch touches, merged with one that waits unstarted (the
+//! coalesce key is the product), and the jobs started together recompute their products in
+//! one statement.
 
 use reviews_db::ratings::recompute_ratings;
 use reviews_db::Db;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{parse_payload, JobContext, JobError};
+use super::{all_or_none, Job, JobError, JobKind};
+use crate::retry::RetryPolicy;
 
-pub const KIND: &str = "recompute_rating";
+pub struct RecomputeRating;
 
-#[derive(Deserialize)]
-struct Payload {
-    product_id: uuid::Uuid,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    pub product_id: uuid::Uuid,
+    /// The newest event of the product in the relay's batch (for the logs).
+    pub event_id: Option<uuid::Uuid>,
+    pub actor_id: Option<String>,
+    pub request_id: Option<String>,
 }
 
-/// Runs a batch of `recompute_rating` jobs; one result per job, in order. A payload that
-/// does not parse fails its own job only; a failed statement fails (and retries) them all.
-pub async fn run_batch(db: &Db, jobs: &[JobContext]) -> Vec<Result<(), JobError>> {
-    let parsed: Vec<Result<Payload, JobError>> =
-        jobs.iter().map(|job| parse_payload(&job.payload)).collect();
-    let products: Vec<uuid::Uuid> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().map(|p| p.product_id))
-        .collect();
-    let recomputed = async {
-        let conn = db.conn().await?;
-        recompute_ratings(&conn, &products).await
+impl JobKind for RecomputeRating {
+    const NAME: &'static str = "recompute_rating";
+    type Payload = Payload;
+    const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
+    const IN_BATCHES: bool = true;
+    // One job per product, for its newest event in the batch. With an interval set, due no
+    // sooner than the interval after the product's last recompute (`updated_at`; the summary
+    // is not read without one). greatest() skips the null of a product never recomputed.
+    const FROM_EVENTS: &'static str = "
+        select distinct on (c.product_id)
+               c.event_id, c.product_id::text,
+               jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
+                                  'actor_id', c.actor_id, 'request_id', c.request_id),
+               case when $2 > 0
+                    then greatest(now(), (select pr.updated_at from product_ratings pr
+                                          where pr.product_id = c.product_id)
+                                         + $2 * interval '1 millisecond')
+                    else now() end
+        from claimed c
+        order by c.product_id, c.id desc";
+
+    /// Recomputes the jobs' products in one statement; a failed statement fails (and
+    /// retries) them all.
+    async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
+        let products: Vec<uuid::Uuid> = jobs.iter().map(|job| job.payload.product_id).collect();
+        let recomputed = async {
+            let conn = db.conn().await?;
+            recompute_ratings(&conn, &products).await
+        }
+        .await;
+        if recomputed.is_ok() {
+            tracing::debug!(products = products.len(), "ratings recomputed");
+        }
+        all_or_none(jobs.len(), recomputed)
     }
-    .await;
-    if recomputed.is_ok() {
-        tracing::debug!(products = products.len(), "ratings recomputed");
-    }
-    super::each_result(parsed, recomputed)
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use reviews_worker::jobs::JobHandlers;
+use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::APPLICATION_NAME;
 
 use crate::support::*;
@@ -97,10 +97,11 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     p.add_reviews(product, authors("r", 50)).await;
+    let statement = reviews_worker::relay::statement_for(&JobRegistry::standard());
 
     let batch = {
         let conn = p.db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, 500, Duration::ZERO)
+        reviews_db::outbox::relay_pending_events(&conn, &statement, 500, Duration::ZERO)
             .await
             .unwrap()
     };
@@ -137,9 +138,10 @@ async fn a_product_recomputed_moments_ago_waits_for_the_interval_and_its_events_
     p.add_reviews(product, authors("b", 3)).await;
     p.add_reviews(other, authors("c", 1)).await;
     let db = &p.db;
+    let statement = &reviews_worker::relay::statement_for(&JobRegistry::standard());
     let relay = |interval| async move {
         let conn = db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, 500, interval)
+        reviews_db::outbox::relay_pending_events(&conn, statement, 500, interval)
             .await
             .unwrap()
     };
@@ -194,7 +196,7 @@ async fn a_product_written_without_pause_is_recomputed_a_few_times_not_once_per_
     // them past 400 ms, and a write that lands while the held-back recompute runs gets a
     // recompute of its own).
     args.tuning.rating_recompute_interval = Duration::from_secs(2);
-    let worker = p.start_worker_with(args, JobHandlers::standard()).await;
+    let worker = p.start_worker_with(args, JobRegistry::standard()).await;
     p.add_reviews(product, authors("first", 1)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     // Then 19 more one by one, each relayed on its own while the worker keeps up, all
@@ -300,7 +302,7 @@ async fn after_the_listener_is_killed_nothing_is_lost_and_the_doorbell_works_aga
     let mut args = p.args();
     // A poll too slow to hide a broken doorbell within this test.
     args.tuning.poll_interval = Duration::from_secs(60);
-    let worker = p.start_worker_with(args, JobHandlers::standard()).await;
+    let worker = p.start_worker_with(args, JobRegistry::standard()).await;
     p.add_reviews(product, authors("before", 10)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
 
@@ -362,7 +364,7 @@ async fn on_shutdown_a_job_that_outlives_the_grace_is_handed_back_without_losing
     args.tuning.shutdown_grace = Duration::from_millis(200);
     args.tuning.job_timeout = Duration::from_secs(10);
     args.tuning.lease = Duration::from_secs(20);
-    let slow = JobHandlers::standard().with("test.slow", |_| {
+    let slow = JobRegistry::standard().with("test.slow", |_| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(())
@@ -399,7 +401,7 @@ async fn on_shutdown_a_job_that_outlives_the_grace_is_handed_back_without_losing
     );
 
     // Another worker picks the handed-back job up at once.
-    let fast = JobHandlers::standard().with("test.slow", |_| Box::pin(async { Ok(()) }));
+    let fast = JobRegistry::standard().with("test.slow", |_| Box::pin(async { Ok(()) }));
     let next = p.start_worker_with(p.args(), fast).await;
     p.wait_until_idle(Duration::from_secs(10)).await;
     next.stop().await;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reviews_worker::jobs::{JobError, JobHandlers};
+use reviews_worker::jobs::{JobError, JobRegistry};
 
 use crate::support::*;
 
@@ -47,7 +47,7 @@ async fn a_job_that_always_fails_retries_on_schedule_then_is_one_dead_letter_and
     set_policy(&p, "test.flaky", 4, 100, 2.0, 300).await;
     let attempts_at: Shared<Vec<Instant>> = Arc::default();
     let fixed = Arc::new(AtomicBool::new(false));
-    let handlers = JobHandlers::standard().with("test.flaky", {
+    let handlers = JobRegistry::standard().with("test.flaky", {
         let attempts_at = attempts_at.clone();
         let fixed = fixed.clone();
         move |_| {
@@ -136,7 +136,7 @@ async fn a_retry_policy_changed_in_the_table_applies_to_the_next_failure_without
     let p = TestPipeline::new().await;
     set_policy(&p, "test.fails", 2, 50, 1.0, 50).await;
     let runs = Arc::new(AtomicU32::new(0));
-    let handlers = JobHandlers::standard().with("test.fails", {
+    let handlers = JobRegistry::standard().with("test.fails", {
         let runs = runs.clone();
         move |_| {
             runs.fetch_add(1, Ordering::SeqCst);
@@ -175,7 +175,7 @@ async fn a_job_that_panics_or_outlives_its_timeout_is_retried_while_other_jobs_k
     let hung = Arc::new(AtomicBool::new(false));
     let finished_during_hang: Shared<Vec<Instant>> = Arc::default();
     let hang_ended: Shared<Option<Instant>> = Arc::default();
-    let handlers = JobHandlers::standard()
+    let handlers = JobRegistry::standard()
         .with("test.panics_once", {
             let panicked = panicked.clone();
             move |_| {

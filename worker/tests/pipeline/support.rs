@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use reviews_db::testing::TestDatabase;
 use reviews_db::{Db, DbArgs};
+use reviews_service::LogFormat;
 use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
-use reviews_worker::jobs::JobHandlers;
-use reviews_worker::telemetry::LogFormat;
+use reviews_worker::jobs::JobRegistry;
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -107,11 +107,11 @@ impl TestPipeline {
     }
 
     pub async fn start_worker(&self) -> TestWorker {
-        self.start_worker_with(self.args(), JobHandlers::standard())
+        self.start_worker_with(self.args(), JobRegistry::standard())
             .await
     }
 
-    pub async fn start_worker_with(&self, args: WorkerArgs, handlers: JobHandlers) -> TestWorker {
+    pub async fn start_worker_with(&self, args: WorkerArgs, handlers: JobRegistry) -> TestWorker {
         let (stop, stopped) = oneshot::channel::<()>();
         let worker = reviews_worker::start(&args, handlers, async {
             let _ = stopped.await;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reviews_worker::jobs::deliver_webhook::WebhookSettings;
-use reviews_worker::jobs::JobHandlers;
+use reviews_worker::config::WebhookSettings;
+use reviews_worker::jobs::JobRegistry;
 use uuid::Uuid;
 use warp::Filter;
 
@@ -100,8 +100,8 @@ impl Receiver {
 }
 
 /// Webhook settings for tests: loopback receivers allowed, short timeouts.
-fn handlers(timeout: Duration) -> JobHandlers {
-    JobHandlers::standard().with_webhooks(WebhookSettings {
+fn handlers(timeout: Duration) -> JobRegistry {
+    JobRegistry::standard().with_webhooks(WebhookSettings {
         allow_private_networks: true,
         connect_timeout: Duration::from_secs(1),
         timeout,
@@ -405,7 +405,7 @@ async fn a_url_resolving_to_loopback_is_refused_unless_allowed() {
     let receiver = Receiver::start().await;
     let (webhook, _) = register(&p, &receiver.url(), &["review.created"]).await;
     // The worker's default settings: private networks not allowed.
-    let worker = p.start_worker_with(p.args(), JobHandlers::standard()).await;
+    let worker = p.start_worker_with(p.args(), JobRegistry::standard()).await;
     p.add_reviews(product, authors("r", 1)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     worker.stop().await;

@@ -1,4 +1,7 @@
-//! Logging: `tracing` to stderr, as text or JSON, levels from RUST_LOG.
+//! Logging: `tracing` to stderr, as text or JSON (`LOG_FORMAT`), levels from `RUST_LOG`
+//! (default `info`).
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,13 +12,16 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. Call once, from main.
+///
+/// Text is coloured only when stderr is a terminal: a log file or a pipe gets plain text,
+/// so `grep 'job.id=35' worker.log` finds what it looks for.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -1,4 +1,7 @@
 //! Capped exponential backoff for loops that can fail (reconnects, failing queries).
+//!
+//! Every such loop logs why it waits and for how long, then waits [`Backoff::next_delay`];
+//! a success resets it, so one blip costs a short pause and an outage a capped one.
 
 use std::time::Duration;
 
@@ -10,6 +13,17 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The first wait after a failure: short, so a blip heals at once.
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// The longest wait: an outage is retried at least this often.
+    pub const CAP: Duration = Duration::from_secs(10);
+
+    /// The backoff of reconnecting loops (the listener, the relay, the runner's reader, the
+    /// live feed): [`Backoff::FIRST`] doubling up to [`Backoff::CAP`].
+    pub fn reconnecting() -> Self {
+        Backoff::new(Self::FIRST, Self::CAP)
+    }
+
     pub fn new(first: Duration, cap: Duration) -> Self {
         Backoff {
             first,

@@ -1,0 +1,17 @@
+//! The plumbing both reviews binaries (`reviews-api`, `reviews-worker`) run on, written once:
+//! how they log, how they expose metrics, how they hear that it is time to stop, and how
+//! their loops back off after a failure.
+//!
+//! # Layout
+//! - `telemetry`: `tracing` to stderr as text or JSON (`LOG_FORMAT`), levels from `RUST_LOG`.
+//! - `metrics`: the Prometheus recorder and its one list of latency buckets.
+//! - `shutdown`: the signal (SIGINT or SIGTERM) that starts a graceful stop.
+//! - `backoff`: capped exponential backoff for loops that can fail.
+
+pub mod backoff;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use backoff::Backoff;
+pub use telemetry::LogFormat;
