@@ -24,6 +24,9 @@ pub enum StoreError {
     },
     #[error("database error")]
     Postgres(#[source] tokio_postgres::Error),
+    /// A statement that must return one row (or at most one) returned this many.
+    #[error("expected one row, got {0}")]
+    RowCount(usize),
 }
 
 impl StoreError {
@@ -145,24 +148,37 @@ impl<C: AsClient> Sql<C> {
         Ok(result?)
     }
 
-    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+    /// Runs a statement that returns rows: through the connection's prepared statement when
+    /// it keeps them, else as plain text (typed parameters: one round trip).
+    async fn rows(&self, sql: &str, params: Parameters<'_>) -> Result<Vec<Row>, StoreError> {
         self.count();
         let client = self.client.as_client();
-        let result = match self.prepared(sql, &[]).await? {
-            Some(statement) => client.query(&statement, params).await,
-            None => client.query(sql, params).await,
+        let result = match (self.prepared(sql, &params.types()).await?, params) {
+            (Some(statement), params) => client.query(&statement, &params.values()).await,
+            (None, Parameters::Untyped(values)) => client.query(sql, values).await,
+            (None, Parameters::Typed(typed)) => client.query_typed(sql, typed).await,
         };
         self.checked(sql, result)
     }
 
-    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+    /// Runs a statement and returns how many rows it changed.
+    async fn changes(&self, sql: &str, params: Parameters<'_>) -> Result<u64, StoreError> {
         self.count();
         let client = self.client.as_client();
-        let result = match self.prepared(sql, &[]).await? {
-            Some(statement) => client.query_one(&statement, params).await,
-            None => client.query_one(sql, params).await,
+        let result = match (self.prepared(sql, &params.types()).await?, params) {
+            (Some(statement), params) => client.execute(&statement, &params.values()).await,
+            (None, Parameters::Untyped(values)) => client.execute(sql, values).await,
+            (None, Parameters::Typed(typed)) => client.execute_typed(sql, typed).await,
         };
         self.checked(sql, result)
+    }
+
+    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.rows(sql, Parameters::Untyped(params)).await
+    }
+
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+        exactly_one(self.rows(sql, Parameters::Untyped(params)).await?)
     }
 
     pub async fn query_opt(
@@ -170,13 +186,47 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &[]).await? {
-            Some(statement) => client.query_opt(&statement, params).await,
-            None => client.query_opt(sql, params).await,
-        };
-        self.checked(sql, result)
+        at_most_one(self.rows(sql, Parameters::Untyped(params)).await?)
+    }
+
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        self.changes(sql, Parameters::Untyped(params)).await
+    }
+
+    /// [`Sql::query`] with the parameter types spelled out (see [`TypedParams`]).
+    pub async fn query_typed(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.rows(sql, Parameters::Typed(params)).await
+    }
+
+    /// [`Sql::query_one`] with the parameter types spelled out (see [`TypedParams`]).
+    pub async fn query_typed_one(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+    ) -> Result<Row, StoreError> {
+        exactly_one(self.rows(sql, Parameters::Typed(params)).await?)
+    }
+
+    /// [`Sql::query_opt`] with the parameter types spelled out (see [`TypedParams`]).
+    pub async fn query_typed_opt(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        at_most_one(self.rows(sql, Parameters::Typed(params)).await?)
+    }
+
+    /// [`Sql::execute`] with the parameter types spelled out (see [`TypedParams`]).
+    pub async fn execute_typed(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+    ) -> Result<u64, StoreError> {
+        self.changes(sql, Parameters::Typed(params)).await
     }
 
     /// Runs `sql`, which may hold several statements, in one round trip (the simple query
@@ -186,84 +236,46 @@ impl<C: AsClient> Sql<C> {
         self.count();
         Ok(self.client.as_client().batch_execute(sql).await?)
     }
+}
 
-    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &[]).await? {
-            Some(statement) => client.execute(&statement, params).await,
-            None => client.execute(sql, params).await,
-        };
-        self.checked(sql, result)
+/// A statement's parameters: bare values (Postgres infers their types; a statement that is
+/// not prepared costs a round trip to learn them), or values with their types.
+#[derive(Clone, Copy)]
+enum Parameters<'p> {
+    Untyped(Params<'p>),
+    Typed(TypedParams<'p>),
+}
+
+impl<'p> Parameters<'p> {
+    fn types(&self) -> Vec<Type> {
+        match self {
+            Parameters::Untyped(_) => Vec::new(),
+            Parameters::Typed(typed) => typed.iter().map(|(_, ty)| ty.clone()).collect(),
+        }
     }
 
-    /// [`Sql::execute`] with the parameter types spelled out (see [`TypedParams`]).
-    pub async fn execute_typed(
-        &self,
-        sql: &str,
-        params: TypedParams<'_>,
-    ) -> Result<u64, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &types_of(params)).await? {
-            Some(statement) => client.execute(&statement, &values_of(params)).await,
-            None => client.execute_typed(sql, params).await,
-        };
-        self.checked(sql, result)
-    }
-
-    /// [`Sql::query`] with the parameter types spelled out (see [`TypedParams`]).
-    pub async fn query_typed(
-        &self,
-        sql: &str,
-        params: TypedParams<'_>,
-    ) -> Result<Vec<Row>, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &types_of(params)).await? {
-            Some(statement) => client.query(&statement, &values_of(params)).await,
-            None => client.query_typed(sql, params).await,
-        };
-        self.checked(sql, result)
-    }
-
-    /// [`Sql::query_opt`] with the parameter types spelled out (see [`TypedParams`]).
-    pub async fn query_typed_opt(
-        &self,
-        sql: &str,
-        params: TypedParams<'_>,
-    ) -> Result<Option<Row>, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &types_of(params)).await? {
-            Some(statement) => client.query_opt(&statement, &values_of(params)).await,
-            None => client.query_typed_opt(sql, params).await,
-        };
-        self.checked(sql, result)
-    }
-
-    /// [`Sql::query_one`] with the parameter types spelled out (see [`TypedParams`]).
-    pub async fn query_typed_one(
-        &self,
-        sql: &str,
-        params: TypedParams<'_>,
-    ) -> Result<Row, StoreError> {
-        self.count();
-        let client = self.client.as_client();
-        let result = match self.prepared(sql, &types_of(params)).await? {
-            Some(statement) => client.query_one(&statement, &values_of(params)).await,
-            None => client.query_typed_one(sql, params).await,
-        };
-        self.checked(sql, result)
+    fn values(&self) -> Vec<&'p (dyn ToSql + Sync)> {
+        match self {
+            Parameters::Untyped(values) => values.to_vec(),
+            Parameters::Typed(typed) => typed.iter().map(|(value, _)| *value).collect(),
+        }
     }
 }
 
-fn types_of(params: TypedParams<'_>) -> Vec<Type> {
-    params.iter().map(|(_, ty)| ty.clone()).collect()
+fn exactly_one(rows: Vec<Row>) -> Result<Row, StoreError> {
+    match at_most_one(rows)? {
+        Some(row) => Ok(row),
+        None => Err(StoreError::RowCount(0)),
+    }
 }
 
-fn values_of<'p>(params: TypedParams<'p>) -> Vec<&'p (dyn ToSql + Sync)> {
-    params.iter().map(|(value, _)| *value).collect()
+fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, StoreError> {
+    let count = rows.len();
+    let mut rows = rows.into_iter();
+    match (rows.next(), count) {
+        (row, 0 | 1) => Ok(row),
+        _ => Err(StoreError::RowCount(count)),
+    }
 }
 
 /// A connection that can start transactions (not a transaction itself).
