@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use reviews_db::Db;
 use serde::Deserialize as _;
+use serde_json::Value;
 
 use super::{deliver_webhook, notify_owner, recompute_rating, Job, JobContext, JobError, JobKind};
 use crate::config::WebhookSettings;
@@ -17,12 +18,15 @@ type Run = Arc<dyn Fn(Db, Vec<JobContext>) -> BoxFuture<'static, Vec<JobResult>>
 type JobResult = Result<(), JobError>;
 
 /// A kind the relay makes jobs of, as the relay and the worker's start-up need it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RelayedKind {
     pub name: &'static str,
     pub default_policy: RetryPolicy,
     /// See [`JobKind::FROM_EVENTS`].
     pub from_events: &'static str,
+    /// Reads a payload as the kind's type and writes it back (for the test that every
+    /// payload the relay writes is one the handler reads whole).
+    pub reread_payload: fn(&Value) -> Result<Value, String>,
 }
 
 #[derive(Clone)]
@@ -78,6 +82,7 @@ impl JobRegistry {
             name: K::NAME,
             default_policy: K::DEFAULT_POLICY,
             from_events: K::FROM_EVENTS,
+            reread_payload: reread::<K>,
         });
         self
     }
@@ -109,6 +114,11 @@ impl JobRegistry {
         &self.relayed
     }
 
+    /// Whether a handler is registered for `kind`.
+    pub fn handles(&self, kind: &str) -> bool {
+        self.handlers.contains_key(kind)
+    }
+
     /// Whether jobs of `kind` run in batches: several per handler call.
     pub fn runs_in_batches(&self, kind: &str) -> bool {
         self.handlers.get(kind).is_some_and(|h| h.in_batches)
@@ -134,6 +144,11 @@ impl JobRegistry {
             }
         }
     }
+}
+
+fn reread<K: JobKind>(payload: &Value) -> Result<Value, String> {
+    let read = K::Payload::deserialize(payload).map_err(|e| e.to_string())?;
+    serde_json::to_value(read).map_err(|e| e.to_string())
 }
 
 /// Reads each job's payload as the kind's type and runs the readable ones; a payload that

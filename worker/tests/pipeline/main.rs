@@ -4,6 +4,7 @@
 mod capture;
 mod faults;
 mod flow;
+mod kinds;
 mod metrics;
 mod plans;
 mod retries;
