@@ -142,6 +142,12 @@ impl Db {
         Ok(Sql::new(conn, self.statements.clone()))
     }
 
+    /// `client` (a connection of its own, not pooled) counting its statements with this
+    /// handle's.
+    pub fn counted<C: crate::sql::AsClient>(&self, client: C) -> Sql<C> {
+        Sql::new(client, self.statements.clone())
+    }
+
     /// How many statements have run through this handle since it was built.
     pub fn statements_run(&self) -> u64 {
         self.statements.load(std::sync::atomic::Ordering::Relaxed)

@@ -18,6 +18,16 @@ pub struct StartedJob {
     pub created_at: DateTime<Utc>,
 }
 
+impl StartedJob {
+    /// This run's fencing token.
+    pub fn fencing(&self) -> Attempt {
+        Attempt {
+            job_id: self.id,
+            attempt: self.attempt,
+        }
+    }
+}
+
 /// The most attempts of a job's kind: its `retry_policies` row, else `$2` (the fallback).
 const MAX_ATTEMPTS: &str =
     "coalesce((select max_attempts from retry_policies p where p.kind = jobs.kind), $2)";
@@ -33,8 +43,13 @@ const MAX_ATTEMPTS: &str =
 /// lateral subquery the only condition is the id, and `offset 0` keeps the planner from
 /// merging it with the conditions outside.
 fn by_id(lock: &str) -> String {
+    by_id_in(lock, "unnest($1::bigint[]) as wanted (id)")
+}
+
+/// [`by_id`] for the ids of `wanted`, a set of rows with an `id` column.
+fn by_id_in(lock: &str, wanted: &str) -> String {
     format!(
-        "unnest($1::bigint[]) as wanted (id)
+        "{wanted}
          cross join lateral (
              select id, kind, status, run_at, attempts from jobs
              where jobs.id = wanted.id offset 0 {lock}
@@ -131,60 +146,99 @@ pub async fn job_state<C: AsClient>(
     })
 }
 
+/// A started job's fencing token: its id and the attempt that started it. An outcome is
+/// recorded only while the job is pending at that attempt; once another runner took the job
+/// over and started it again (its lease expired while this one stalled), the attempts moved
+/// on and the stale runner's outcome changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attempt {
+    pub job_id: i64,
+    pub attempt: i32,
+}
+
 /// The statement of [`complete_jobs`] (public so that a test can check its plan).
 pub fn complete_jobs_sql() -> String {
     format!(
         "update jobs set status = 'done', finished_at = now()
-         where id = any (array(select j.id from {jobs} where j.status = 'pending'))",
-        jobs = by_id("for update")
+         where id = any (array(select j.id from {jobs}
+                               where j.status = 'pending' and j.attempts = wanted.attempt))
+         returning id",
+        jobs = by_id_in(
+            "for update",
+            "unnest($1::bigint[], $2::int4[]) as wanted (id, attempt)"
+        )
     )
 }
 
-/// Marks jobs done, in one statement. `last_error` stays: a job that succeeded on a retry
-/// still shows why the earlier attempt failed.
-pub async fn complete_jobs<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
+/// Marks jobs done, each if still pending at its attempt, in one statement; returns the ids
+/// it marked. `last_error` stays: a job that succeeded on a retry still shows why the
+/// earlier attempt failed.
+pub async fn complete_jobs<C: AsClient>(
+    db: &Sql<C>,
+    attempts: &[Attempt],
+) -> Result<Vec<i64>, StoreError> {
+    if attempts.is_empty() {
+        return Ok(Vec::new());
     }
     // Locked in id order (two completions never wait for each other in a cycle), and
-    // checked once locked: a job another worker buried meanwhile stays dead.
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
+    // checked once locked: a job another worker buried or took over meanwhile stays so.
+    let mut attempts = attempts.to_vec();
+    attempts.sort_unstable();
+    let ids: Vec<i64> = attempts.iter().map(|a| a.job_id).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
     let sql = complete_jobs_sql();
-    db.execute_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).await?;
-    Ok(())
+    let rows = db
+        .query_typed(
+            &sql,
+            &[(&ids, Type::INT8_ARRAY), (&numbers, Type::INT4_ARRAY)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Records a failed attempt and when the job may run again.
+/// Records a failed attempt and when the job may run again; false when the job is no longer
+/// pending at that attempt (nothing changed).
 pub async fn schedule_retry<C: AsClient>(
     db: &Sql<C>,
-    id: i64,
+    attempt: Attempt,
     delay_ms: i64,
     error: &str,
-) -> Result<(), StoreError> {
-    db.execute(
-        "update jobs set run_at = now() + $2 * interval '1 millisecond', last_error = $3
-         where id = $1 and status = 'pending'",
-        &[&id, &(delay_ms as f64), &error],
-    )
-    .await?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let changed = db
+        .execute(
+            "update jobs set run_at = now() + $3 * interval '1 millisecond', last_error = $4
+             where id = $1 and status = 'pending' and attempts = $2",
+            &[
+                &attempt.job_id,
+                &attempt.attempt,
+                &(delay_ms as f64),
+                &error,
+            ],
+        )
+        .await?;
+    Ok(changed == 1)
 }
 
-/// Ends a job as a dead letter: status dead and one `dead_jobs` row, in one statement.
-pub async fn bury_job<C: AsClient>(db: &Sql<C>, id: i64, error: &str) -> Result<(), StoreError> {
-    db.execute(
-        "with buried as (
-             update jobs set status = 'dead', finished_at = now(), last_error = $2
-             where id = $1 and status = 'pending'
-             returning id, kind, payload, attempts, last_error, created_at
-         )
-         insert into dead_jobs (job_id, kind, payload, attempts, last_error, created_at)
-         select id, kind, payload, attempts, last_error, created_at from buried",
-        &[&id, &error],
-    )
-    .await?;
-    Ok(())
+/// Ends a job as a dead letter (status dead and one `dead_jobs` row, in one statement); false
+/// when the job is no longer pending at that attempt (nothing changed).
+pub async fn bury_job<C: AsClient>(
+    db: &Sql<C>,
+    attempt: Attempt,
+    error: &str,
+) -> Result<bool, StoreError> {
+    let buried = db
+        .execute(
+            "with buried as (
+                 update jobs set status = 'dead', finished_at = now(), last_error = $3
+                 where id = $1 and status = 'pending' and attempts = $2
+                 returning id, kind, payload, attempts, last_error, created_at
+             )
+             insert into dead_jobs (job_id, kind, payload, attempts, last_error, created_at)
+             select id, kind, payload, attempts, last_error, created_at from buried",
+            &[&attempt.job_id, &attempt.attempt, &error],
+        )
+        .await?;
+    Ok(buried == 1)
 }
 
 /// Pending jobs that have been due for longer than `grace_ms`: candidates the queue may have
@@ -217,12 +271,18 @@ pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<
 }
 
 /// Gives back an attempt that was recorded but never ran to an end (the worker shut down
-/// and handed the job back), so a restart does not cost the job one of its attempts. A job
-/// of a coalesced kind whose twin waits unstarted is merged into it (see `hand_back_job` in
-/// db/migrations/0012).
-pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, id: i64) -> Result<(), StoreError> {
-    db.execute("select hand_back_job($1)", &[&id]).await?;
-    Ok(())
+/// and handed the job back, or the job was deferred), so it does not cost the job one of its
+/// attempts; false when the job is no longer pending at that attempt (nothing changed). A
+/// job of a coalesced kind whose twin waits unstarted is merged into it (see
+/// `hand_back_job` in db/migrations/0013).
+pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, attempt: Attempt) -> Result<bool, StoreError> {
+    let row = db
+        .query_one(
+            "select hand_back_job($1, $2)",
+            &[&attempt.job_id, &attempt.attempt],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Replays a dead letter (see `replay_dead_job` in db/migrations); false when it was

@@ -8,18 +8,22 @@
 //!
 //! # Layout
 //! - `config`: the connection settings (`DATABASE_URL` or `DB_*`) and the pool.
+//! - `locks`: every advisory-lock key, named once.
 //! - `migrate`: applies `db/migrations/*.sql` (embedded) and keeps the `schema_migrations` ledger.
 //! - `sql`: the counting connection/transaction handle and [`StoreError`].
 //! - `statements`: the pool's connections and the prepared statements each keeps.
 //! - `page`: keyset pagination (the position a cursor points at).
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
-//! - `outbox`: claiming events into jobs (the relay's statement) and the doorbell.
+//! - `outbox`: claiming events into jobs (the relay's statement).
+//! - `doorbell`: how a relay goes to sleep, and wakes, without a writer ever waiting.
 //! - `jobs`: job attempts, retries, dead letters and replay; `retry_policies`: schedules.
 //! - `webhooks`: endpoints and their delivery records.
 //! - `testing` (feature): per-test databases cloned from a migrated template.
 
 pub mod config;
+pub mod doorbell;
 pub mod jobs;
+pub mod locks;
 pub mod migrate;
 pub mod notifications;
 pub mod outbox;

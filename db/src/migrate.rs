@@ -12,8 +12,7 @@ static MIGRATIONS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 /// The ledger's DDL, shared with scripts/migrate.
 const LEDGER_SQL: &str = include_str!("../ledger.sql");
 
-/// Held by whichever migrator runs, so two started at once take turns.
-pub const MIGRATION_LOCK_KEY: i64 = 7265766965770001;
+use crate::locks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -80,12 +79,12 @@ pub struct MigrateReport {
 /// Applies every pending migration, each in its own transaction with its ledger row.
 pub async fn run_migrations(client: &mut Client) -> Result<MigrateReport, MigrateError> {
     client
-        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .execute("select pg_advisory_lock($1)", &[&locks::MIGRATIONS])
         .await?;
     let result = apply_pending(client).await;
     // Unlock even after a failure; if the connection is gone the lock went with it.
     let _ = client
-        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .execute("select pg_advisory_unlock($1)", &[&locks::MIGRATIONS])
         .await;
     result
 }

@@ -1,4 +1,4 @@
-//! The `outbox` table and its doorbell: claiming pending events and turning them into jobs.
+//! The `outbox` table: claiming pending events and turning them into jobs.
 
 use std::time::Duration;
 
@@ -112,20 +112,6 @@ pub async fn relay_pending_events<C: AsClient>(
             .map(|(id, ms)| (id, Duration::from_millis(ms.max(0) as u64)))
             .collect(),
     })
-}
-
-/// Arms the doorbell: the next writer will NOTIFY. Waits (exclusive advisory lock) for every
-/// writer that may have read the bell disarmed, so a claim after this sees their rows.
-///
-/// One round trip: both statements go in one simple-protocol message, which Postgres runs as
-/// one implicit transaction, the lock first. (As an explicit transaction it was four round
-/// trips, paid at every wake-up of the relay.)
-pub async fn arm_doorbell<C: AsClient>(db: &Sql<C>) -> Result<(), StoreError> {
-    db.batch_execute(
-        "select pg_advisory_xact_lock(7265766965770010);
-         update outbox_doorbell set armed = true where not armed",
-    )
-    .await
 }
 
 /// How many events wait to be relayed, and the age of the oldest in milliseconds.

@@ -94,6 +94,14 @@ impl AsClient for Client {
     }
 }
 
+/// A connection of its own shared by tasks (the worker's LISTEN connection).
+impl AsClient for Arc<Client> {
+    type Client = Client;
+    fn as_client(&self) -> &Client {
+        self
+    }
+}
+
 impl<'a> AsClient for Transaction<'a> {
     type Client = Transaction<'a>;
     fn as_client(&self) -> &Transaction<'a> {

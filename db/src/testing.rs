@@ -13,9 +13,6 @@ use crate::config::DbArgs;
 use crate::migrate::{migrations, run_migrations};
 use crate::Db;
 
-/// Serialises template builds across test processes.
-const TEMPLATE_LOCK_KEY: i64 = 7265766965770002;
-
 #[derive(Parser)]
 struct FromEnv {
     #[command(flatten)]
@@ -82,7 +79,10 @@ impl TestDatabase {
 
 async fn ensure_template(admin: &Client, template: &str) {
     admin
-        .execute("select pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY])
+        .execute(
+            "select pg_advisory_lock($1)",
+            &[&crate::locks::TEST_TEMPLATE],
+        )
         .await
         .unwrap();
     let exists = admin
@@ -130,7 +130,10 @@ async fn ensure_template(admin: &Client, template: &str) {
         }
     }
     admin
-        .execute("select pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY])
+        .execute(
+            "select pg_advisory_unlock($1)",
+            &[&crate::locks::TEST_TEMPLATE],
+        )
         .await
         .unwrap();
 }

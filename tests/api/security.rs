@@ -117,9 +117,16 @@ async fn queue_operations_are_admin_only() {
         .await
         .unwrap();
     let conn = app.db.conn().await.unwrap();
-    reviews_db::jobs::bury_job(&conn, 1, "it broke")
-        .await
-        .unwrap();
+    reviews_db::jobs::bury_job(
+        &conn,
+        reviews_db::jobs::Attempt {
+            job_id: 1,
+            attempt: 10,
+        },
+        "it broke",
+    )
+    .await
+    .unwrap();
 
     let operations = [
         ("{ deadJobs { id kind lastError } }", json!({})),

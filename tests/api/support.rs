@@ -229,6 +229,7 @@ impl TestApp {
             },
             webhooks: Default::default(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            run_ledger: None,
             log_format: reviews_service::LogFormat::Text,
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -144,8 +144,15 @@ async fn dead_jobs_can_be_listed_shown_replayed_once_and_discarded() {
     )
     .await;
     let conn = ops.database.db().conn().await.unwrap();
-    reviews_db::jobs::bury_job(&conn, 1, "boom").await.unwrap();
-    reviews_db::jobs::bury_job(&conn, 2, "bang").await.unwrap();
+    for (job_id, error) in [(1, "boom"), (2, "bang")] {
+        let attempt = reviews_db::jobs::Attempt {
+            job_id,
+            attempt: 10,
+        };
+        assert!(reviews_db::jobs::bury_job(&conn, attempt, error)
+            .await
+            .unwrap());
+    }
 
     let list = ops.ok("dead-jobs", &["list"]);
     assert!(
@@ -212,7 +219,13 @@ async fn replay_all_replays_every_open_dead_job_of_a_kind() {
     ops.sql("insert into jobs (kind) select case when i % 2 = 0 then 'a' else 'b' end from generate_series(1, 4) i").await;
     let conn = ops.database.db().conn().await.unwrap();
     for id in 1..=4 {
-        reviews_db::jobs::bury_job(&conn, id, "e").await.unwrap();
+        let attempt = reviews_db::jobs::Attempt {
+            job_id: id,
+            attempt: 0,
+        };
+        assert!(reviews_db::jobs::bury_job(&conn, attempt, "e")
+            .await
+            .unwrap());
     }
     assert_eq!(
         ops.ok("dead-jobs", &["replay", "--all", "--kind", "a"])

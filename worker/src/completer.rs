@@ -30,7 +30,8 @@ const MAX_BATCH: usize = 256;
 
 struct Completion {
     delivery: Delivery,
-    recorded: oneshot::Sender<Result<(), String>>,
+    attempt: jobs::Attempt,
+    recorded: oneshot::Sender<Result<bool, String>>,
 }
 
 /// A handle to the completer; cheap to clone. Its batching task ends with the last handle.
@@ -67,65 +68,113 @@ impl Completer {
         }
     }
 
-    /// Records a started job's outcome in Postgres, then in Redis.
+    /// Records a started job's outcome in Postgres, then in Redis. An outcome the job's
+    /// fencing token refuses (another runner took the job over) is recorded nowhere.
     pub async fn settle(
         &self,
         delivery: &Delivery,
         job: &StartedJob,
         outcome: Outcome,
     ) -> anyhow::Result<()> {
-        match outcome {
+        let attempt = job.fencing();
+        let recorded = match outcome {
             Outcome::Complete => {
-                self.complete(delivery.clone()).await?;
-                self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-                record_run(&job.kind, "succeeded");
-                // From the job's creation (the event's relay) to its success.
-                let latency = (now_ms() - job.created_at.timestamp_millis()).max(0);
-                metrics::histogram!("job_end_to_end_seconds", "kind" => job.kind.clone())
-                    .record(latency as f64 / 1000.0);
-                tracing::debug!("job succeeded");
-            }
-            Outcome::Defer { delay, reason } => {
-                // Not an attempt: give it back, and run the job again later.
-                {
-                    let conn = self.db.conn().await?;
-                    jobs::hand_back_job(&conn, job.id).await?;
-                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &reason).await?;
+                let recorded = self.complete(delivery.clone(), attempt).await?;
+                if recorded {
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                    record_run(&job.kind, "succeeded");
+                    // From the job's creation (the event's relay) to its success.
+                    let latency = (now_ms() - job.created_at.timestamp_millis()).max(0);
+                    metrics::histogram!("job_end_to_end_seconds", "kind" => job.kind.clone())
+                        .record(latency as f64 / 1000.0);
+                    tracing::debug!("job succeeded");
                 }
-                self.queue.retry_later(delivery, delay).await?;
-                self.delayed_bell.ring();
-                record_run(&job.kind, "deferred");
-                tracing::debug!(%reason, "job deferred");
+                recorded
             }
+            Outcome::Defer { delay, reason } => self.defer(delivery, job, delay, &reason).await?,
             Outcome::Retry { delay, error } => {
-                {
+                let scheduled = {
                     let conn = self.db.conn().await?;
-                    jobs::schedule_retry(&conn, job.id, delay.as_millis() as i64, &error).await?;
+                    let delay_ms = delay.as_millis() as i64;
+                    jobs::schedule_retry(&conn, attempt, delay_ms, &error).await?
+                };
+                if scheduled {
+                    self.queue.retry_later(delivery, delay).await?;
+                    self.delayed_bell.ring();
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    record_run(&job.kind, "retried");
+                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
                 }
-                self.queue.retry_later(delivery, delay).await?;
-                self.delayed_bell.ring();
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                record_run(&job.kind, "retried");
-                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                scheduled
             }
             Outcome::Bury { error, why } => {
-                self.bury(delivery, job.id, &error).await?;
-                record_run(&job.kind, "dead");
-                tracing::error!(error = %error, "{}", why.message());
+                let buried = self.bury(delivery, attempt, &error).await?;
+                if buried {
+                    record_run(&job.kind, "dead");
+                    tracing::error!(error = %error, "{}", why.message());
+                }
+                buried
             }
+        };
+        if !recorded {
+            metrics::counter!("job_outcomes_fenced_total").increment(1);
+            tracing::warn!(
+                "another runner took this job over (its lease expired while this one stalled); \
+                 this run's outcome is not recorded"
+            );
         }
         Ok(())
     }
 
-    /// Ends a job as a dead letter in Postgres, then forgets it in Redis.
-    async fn bury(&self, delivery: &Delivery, job_id: i64, error: &str) -> anyhow::Result<()> {
-        {
+    /// Not run, and not an attempt: gives the attempt back and runs the job again after
+    /// `delay`. False when fenced.
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        job: &StartedJob,
+        delay: Duration,
+        reason: &str,
+    ) -> anyhow::Result<bool> {
+        let attempt = job.fencing();
+        let scheduled = {
             let conn = self.db.conn().await?;
-            jobs::bury_job(&conn, job_id, error).await?;
+            if !jobs::hand_back_job(&conn, attempt).await? {
+                return Ok(false);
+            }
+            let given_back = jobs::Attempt {
+                job_id: job.id,
+                attempt: job.attempt - 1,
+            };
+            jobs::schedule_retry(&conn, given_back, delay.as_millis() as i64, reason).await?
+        };
+        if scheduled {
+            self.queue.retry_later(delivery, delay).await?;
+            self.delayed_bell.ring();
+        } else {
+            // Handed back into a twin that waits with the same coalesce key: it is done.
+            self.queue.finish(delivery).await?;
         }
-        self.queue.finish(delivery).await?;
-        self.stats.dead.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        record_run(&job.kind, "deferred");
+        tracing::debug!(%reason, "job deferred");
+        Ok(true)
+    }
+
+    /// Ends a job as a dead letter in Postgres, then forgets it in Redis. False when fenced.
+    async fn bury(
+        &self,
+        delivery: &Delivery,
+        attempt: jobs::Attempt,
+        error: &str,
+    ) -> anyhow::Result<bool> {
+        let buried = {
+            let conn = self.db.conn().await?;
+            jobs::bury_job(&conn, attempt, error).await?
+        };
+        if buried {
+            self.queue.finish(delivery).await?;
+            self.stats.dead.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buried)
     }
 
     /// A delivered job that could not start: finished already, scheduled for later, or out
@@ -139,6 +188,7 @@ impl Completer {
             let conn = self.db.conn().await?;
             jobs::job_state(&conn, delivery.job_id, fallback_max).await?
         };
+        let look_again = Duration::from_millis(100);
         match state {
             JobState::Finished => self.queue.finish(delivery).await?,
             JobState::Scheduled { in_ms } => {
@@ -151,27 +201,39 @@ impl Completer {
                 let error = format!(
                     "attempt {attempts} never reported back (its worker died or stalled past the lease)"
                 );
-                self.bury(delivery, delivery.job_id, &error).await?;
-                metrics::counter!("dead_letters_total", "kind" => "unknown").increment(1);
-                tracing::error!(job.id = delivery.job_id, error = %error, "job is now a dead letter");
+                let attempt = jobs::Attempt {
+                    job_id: delivery.job_id,
+                    attempt: attempts,
+                };
+                if self.bury(delivery, attempt, &error).await? {
+                    metrics::counter!("dead_letters_total", "kind" => "unknown").increment(1);
+                    tracing::error!(job.id = delivery.job_id, error = %error, "job is now a dead letter");
+                } else {
+                    // It moved on meanwhile: look again in a moment.
+                    self.queue.retry_later(delivery, look_again).await?;
+                    self.delayed_bell.ring();
+                }
             }
             JobState::Pending => {
-                self.queue
-                    .retry_later(delivery, Duration::from_millis(100))
-                    .await?;
+                self.queue.retry_later(delivery, look_again).await?;
                 self.delayed_bell.ring();
             }
         }
         Ok(())
     }
 
-    /// Marks the delivered job done in Postgres, then acknowledges the delivery in Redis;
-    /// returns once both happened (with the job's whole batch).
-    async fn complete(&self, delivery: Delivery) -> anyhow::Result<()> {
+    /// Marks the delivered job done in Postgres (if still pending at `attempt`), then
+    /// acknowledges the delivery in Redis; returns once both happened (with the job's whole
+    /// batch), and whether the job was marked.
+    async fn complete(&self, delivery: Delivery, attempt: jobs::Attempt) -> anyhow::Result<bool> {
         let stopped = || anyhow::anyhow!("the completer stopped");
         let (recorded, answer) = oneshot::channel();
         self.sender
-            .send(Completion { delivery, recorded })
+            .send(Completion {
+                delivery,
+                attempt,
+                recorded,
+            })
             .await
             .map_err(|_| stopped())?;
         answer
@@ -190,26 +252,43 @@ async fn complete_batches(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         stats.completion_batches.fetch_add(1, Ordering::Relaxed);
-        let deliveries: Vec<Delivery> = batch.iter().map(|c| c.delivery.clone()).collect();
-        metrics::histogram!("job_completion_batch_size").record(deliveries.len() as f64);
-        let outcome = record(&db, &queue, &deliveries)
+        metrics::histogram!("job_completion_batch_size").record(batch.len() as f64);
+        let recorded = record(&db, &queue, &batch)
             .await
             .map_err(|error| format!("{error:#}"));
         for completion in batch.drain(..) {
+            let answer = match &recorded {
+                Ok(completed) => Ok(completed.contains(&completion.delivery.job_id)),
+                Err(error) => Err(error.clone()),
+            };
             // A job whose task was aborted (shutdown) no longer listens: nothing to tell.
-            let _ = completion.recorded.send(outcome.clone());
+            let _ = completion.recorded.send(answer);
         }
     }
 }
 
-async fn record(db: &Db, queue: &JobQueue, deliveries: &[Delivery]) -> anyhow::Result<()> {
-    let ids: Vec<i64> = deliveries.iter().map(|d| d.job_id).collect();
-    {
+/// Marks the batch's jobs done in one statement and acknowledges those it marked in one
+/// Redis call; returns the ids it marked.
+async fn record(
+    db: &Db,
+    queue: &JobQueue,
+    batch: &[Completion],
+) -> anyhow::Result<std::collections::HashSet<i64>> {
+    let attempts: Vec<jobs::Attempt> = batch.iter().map(|c| c.attempt).collect();
+    let completed: std::collections::HashSet<i64> = {
         let conn = db.conn().await?;
-        jobs::complete_jobs(&conn, &ids).await?;
-    }
-    queue.finish_all(deliveries).await?;
-    Ok(())
+        jobs::complete_jobs(&conn, &attempts)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let deliveries: Vec<Delivery> = batch
+        .iter()
+        .filter(|c| completed.contains(&c.delivery.job_id))
+        .map(|c| c.delivery.clone())
+        .collect();
+    queue.finish_all(&deliveries).await?;
+    Ok(completed)
 }
 
 /// Counts a finished run; dead letters also get their own counter.

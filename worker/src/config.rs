@@ -45,6 +45,15 @@ pub struct WorkerArgs {
         default_value = "127.0.0.1:9101"
     )]
     pub metrics_addr: std::net::SocketAddr,
+    /// A testing aid, not for production: append every handler run to this file (the chaos
+    /// suite counts runs with it).
+    #[arg(
+        long = "job-run-ledger",
+        env = "JOB_RUN_LEDGER",
+        value_name = "JOB_RUN_LEDGER",
+        hide = true
+    )]
+    pub run_ledger: Option<std::path::PathBuf>,
     /// Log format: text or json. RUST_LOG sets the levels (default info).
     #[arg(
         long = "log-format",

@@ -1,5 +1,5 @@
 //! The executor: runs a batch of deliveries that the runner read (or the rescuer took
-//! back).
+//! back), each batch a task of the runner's one task tracker.
 //!
 //! It records the attempts of the whole batch in one statement *before* running anything (so
 //! a job that crashes its worker still reaches its dead letter), groups the started jobs by
@@ -7,6 +7,10 @@
 //! handler call in a task of its own under the job timeout (a panic or a timeout fails that
 //! call's jobs only, as retryable), decides each job's [`Outcome`] and hands it to the
 //! completer. Each delivery's slot is freed when its job is settled.
+//!
+//! When the runner stops jobs (a shutdown's grace ran out), a running handler call is aborted
+//! and awaited until it has stopped; its jobs are left unsettled and held, for the runner to
+//! hand back. So nothing is handed back while it still runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use reviews_db::jobs::{self, StartedJob};
+use reviews_db::jobs::{self, Attempt, StartedJob};
 use reviews_db::Db;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::completer::Completer;
@@ -26,20 +32,37 @@ use crate::queue::Delivery;
 use crate::retry::{RetryPolicies, RetryPolicy};
 use crate::stats::RunnerStats;
 
+/// A delivery a runner holds, with the attempt that started its job (once started).
+#[derive(Debug, Clone)]
+pub struct HeldDelivery {
+    pub delivery: Delivery,
+    pub attempt: Option<Attempt>,
+}
+
 /// The deliveries a runner holds (read or taken back, not yet settled), by stream entry id:
 /// the heartbeat renews their leases, and a shutdown hands back what is left.
 #[derive(Clone, Default)]
-pub struct Held(Arc<Mutex<HashMap<String, Delivery>>>);
+pub struct Held(Arc<Mutex<HashMap<String, HeldDelivery>>>);
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Delivery>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldDelivery>> {
         self.0.lock().expect("held deliveries lock poisoned")
     }
 
     fn insert(&self, deliveries: &[Delivery]) {
         let mut held = self.lock();
         for delivery in deliveries {
-            held.insert(delivery.entry_id.clone(), delivery.clone());
+            let entry = HeldDelivery {
+                delivery: delivery.clone(),
+                attempt: None,
+            };
+            held.insert(delivery.entry_id.clone(), entry);
+        }
+    }
+
+    fn started(&self, delivery: &Delivery, attempt: Attempt) {
+        if let Some(held) = self.lock().get_mut(&delivery.entry_id) {
+            held.attempt = Some(attempt);
         }
     }
 
@@ -50,19 +73,35 @@ impl Held {
         }
     }
 
+    /// Stops holding these entries: their leases went to another runner.
+    pub fn forget(&self, entry_ids: &[String]) {
+        let mut held = self.lock();
+        for entry_id in entry_ids {
+            held.remove(entry_id);
+        }
+    }
+
     /// The stream entries held now.
     pub fn entry_ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
 
     /// Empties the set, returning what it held.
-    pub fn drain(&self) -> Vec<Delivery> {
-        self.lock().drain().map(|(_, delivery)| delivery).collect()
+    pub fn drain(&self) -> Vec<HeldDelivery> {
+        self.lock().drain().map(|(_, held)| held).collect()
     }
 }
 
 /// A delivery whose job started, with its slot.
 type StartedDelivery = (Delivery, StartedJob, OwnedSemaphorePermit);
+
+/// How a handler call ended.
+enum CallResult {
+    /// One result per job.
+    Ran(Vec<RunResult>),
+    /// The runner stopped its jobs first: nothing to settle.
+    Aborted,
+}
 
 #[derive(Clone)]
 pub struct Executor {
@@ -73,20 +112,20 @@ pub struct Executor {
     pub job_timeout: Duration,
     pub stats: Arc<RunnerStats>,
     pub held: Held,
+    /// Every batch runs as a task of this tracker, whoever read it.
+    pub tasks: TaskTracker,
+    /// Cancelled when running handler calls must stop (a shutdown's grace ran out).
+    pub stop_jobs: CancellationToken,
 }
 
 impl Executor {
-    /// Starts a batch of deliveries in a task of `tasks`; see the module docs.
-    pub fn spawn_batch(
-        &self,
-        tasks: &mut tokio::task::JoinSet<()>,
-        deliveries: Vec<Delivery>,
-        permits: Vec<OwnedSemaphorePermit>,
-    ) {
+    /// Starts a batch of deliveries as a task of the tracker; see the module docs.
+    pub fn spawn_batch(&self, deliveries: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {
         debug_assert_eq!(deliveries.len(), permits.len());
         self.held.insert(&deliveries);
         let executor = self.clone();
-        tasks.spawn(async move { executor.run_batch(deliveries, permits).await });
+        self.tasks
+            .spawn(async move { executor.run_batch(deliveries, permits).await });
     }
 
     async fn run_batch(self, deliveries: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {
@@ -121,6 +160,7 @@ impl Executor {
                 unstartable.push((delivery, permit));
                 continue;
             };
+            self.held.started(&delivery, job.fencing());
             let batched = self.registry.runs_in_batches(&job.kind);
             match group_of_kind.get(&job.kind) {
                 Some(&group) if batched => groups[group].push((delivery, job, permit)),
@@ -195,7 +235,11 @@ impl Executor {
             _ => tracing::info_span!("jobs", job.kind = %kind, jobs = group.len()),
         };
         let started_at = std::time::Instant::now();
-        let results = self.run_with_timeout(&kind, contexts, span).await;
+        let results = match self.run_with_timeout(&kind, contexts, span).await {
+            CallResult::Ran(results) => results,
+            // Left held, unsettled, slots taken: the runner hands them back.
+            CallResult::Aborted => return,
+        };
         let took = started_at.elapsed().as_secs_f64();
         let policy = self.policies.for_kind(&kind);
         let settles = group.into_iter().zip(spans).zip(results).map(
@@ -218,33 +262,45 @@ impl Executor {
     }
 
     /// Runs the handler in its own task: a panic or a timeout fails the jobs of this call
-    /// only. One result per job, in order.
+    /// only. One result per job, in order. A handler that is stopped (timeout, or the runner
+    /// stopping its jobs) is awaited until it has: it never runs on past this call.
     async fn run_with_timeout(
         &self,
         kind: &str,
         jobs: Vec<JobContext>,
         span: tracing::Span,
-    ) -> Vec<RunResult> {
+    ) -> CallResult {
         let count = jobs.len();
         let all_failed = |message: String| {
-            (0..count)
-                .map(|_| RunResult::Failed(JobError::Retryable(anyhow::anyhow!("{message}"))))
-                .collect()
+            CallResult::Ran(
+                (0..count)
+                    .map(|_| RunResult::Failed(JobError::Retryable(anyhow::anyhow!("{message}"))))
+                    .collect(),
+            )
         };
-        let task = tokio::spawn(
+        let mut task = tokio::spawn(
             self.registry
                 .run(kind, self.db.clone(), jobs)
                 .instrument(span),
         );
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.job_timeout, task).await {
-            Ok(Ok(results)) if results.len() == count => results
-                .into_iter()
-                .map(|result| match result {
-                    Ok(()) => RunResult::Succeeded,
-                    Err(error) => RunResult::Failed(error),
-                })
-                .collect(),
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(self.job_timeout, &mut task) => ended,
+            _ = self.stop_jobs.cancelled() => {
+                task.abort();
+                let _ = task.await;
+                return CallResult::Aborted;
+            }
+        };
+        match ended {
+            Ok(Ok(results)) if results.len() == count => CallResult::Ran(
+                results
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(()) => RunResult::Succeeded,
+                        Err(error) => RunResult::Failed(error),
+                    })
+                    .collect(),
+            ),
             Ok(Ok(results)) => all_failed(format!(
                 "the handler returned {} results for {count} jobs",
                 results.len()
@@ -253,7 +309,8 @@ impl Executor {
                 all_failed(format!("job panicked: {}", panic_message(join_error)))
             }
             Err(_) => {
-                abort.abort();
+                task.abort();
+                let _ = task.await;
                 all_failed(format!("job timed out after {:?}", self.job_timeout))
             }
         }

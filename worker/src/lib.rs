@@ -13,8 +13,9 @@
 //! In the order of the flow:
 //! - `config`: environment and flags (`reviews-worker --help`).
 //! - `listener`: LISTEN on its own connection, reconnecting; rings the bells.
-//! - `relay`: outbox → jobs → queue; the doorbell; the slow poll.
-//! - `reconciler`: re-enqueues pending jobs the queue does not hold.
+//! - `relay`: outbox → jobs → queue; the slow poll.
+//! - `doorbell`: how the relay sleeps (on the listener's connection) so that writers ring.
+//! - `reconciler`: re-enqueues pending jobs the queue does not hold, on its own cadence.
 //! - `queue`: the Redis stream, leases, delayed jobs.
 //! - `runner`: the read loop, slots and shutdown.
 //! - `executor`: starts a batch of jobs, runs each handler call with a timeout and panic
@@ -30,6 +31,7 @@
 
 pub mod completer;
 pub mod config;
+pub mod doorbell;
 pub mod executor;
 pub mod jobs;
 pub mod listener;
@@ -53,6 +55,7 @@ use reviews_db::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerArgs;
+use crate::doorbell::{Doorbell, ListenerConnection};
 use crate::jobs::JobRegistry;
 use crate::listener::{Bells, Listener};
 use crate::queue::JobQueue;
@@ -98,8 +101,14 @@ pub async fn start(
         tracing::warn!(error = %error, "Redis not reachable yet; will keep trying");
     }
 
+    let token = CancellationToken::new();
     let bells = Bells::default();
-    let listener = Listener::new(args.db.pg_config(), bells.clone());
+    let listener_connection = ListenerConnection::default();
+    let listener = Listener::new(
+        args.db.pg_config(),
+        bells.clone(),
+        listener_connection.clone(),
+    );
     let listener_reconnects = listener.reconnects();
     let statement = relay::statement_for(&registry);
     let runner = Runner::new(
@@ -115,30 +124,39 @@ pub async fn start(
             poll_interval: tuning.poll_interval,
         },
     );
+    let reconciler = Reconciler::new(db.clone(), queue.clone());
     let relay = Relay {
         db: db.clone(),
         queue: queue.clone(),
-        reconciler: Reconciler::new(db.clone(), queue.clone()),
-        policies: policies.clone(),
-        bells,
+        doorbell: Doorbell::new(db.clone(), listener_connection),
+        bells: bells.clone(),
         settings: RelaySettings {
             batch_size: i64::from(tuning.relay_batch_size),
             poll_interval: tuning.poll_interval,
-            reconcile_after: tuning.reconcile_after,
             recompute_interval: tuning.rating_recompute_interval,
         },
         statement,
         delayed_bell: runner.delayed_bell(),
     };
     let stats = runner.stats.clone();
-
-    let token = CancellationToken::new();
+    let reconciling = reconciler.run(
+        tuning.poll_interval,
+        tuning.reconcile_after,
+        bells.jobs.clone(),
+        token.clone(),
+    );
+    let reloading =
+        policies
+            .clone()
+            .reload_when_rung(db.clone(), bells.retry_policies.clone(), token.clone());
     let task = tokio::spawn({
         let token = token.clone();
         async move {
             let tasks = [
                 tokio::spawn(listener.run(token.clone())),
                 tokio::spawn(relay.run(token.clone())),
+                tokio::spawn(reconciling),
+                tokio::spawn(reloading),
                 tokio::spawn(runner.run(token.clone())),
             ];
             tokio::spawn({

@@ -1,7 +1,8 @@
 //! The listener: its own Postgres connection (not pooled: a pool's connection task drops
 //! notifications) with LISTEN on the doorbell channels. It reconnects with capped backoff;
 //! notifications sent while it was away are gone, so after every (re)connect it rings every
-//! bell, and the relay and reconciler look for themselves.
+//! bell, and the relay and reconciler look for themselves. The relay sleeps on this
+//! connection too (see `doorbell`): it is shared through [`ListenerConnection`].
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use reviews_service::Backoff;
+
+use crate::doorbell::ListenerConnection;
 
 /// The `application_name` of the listener's connection (to find it in pg_stat_activity).
 pub const APPLICATION_NAME: &str = "reviews-worker-listener";
@@ -37,15 +40,33 @@ impl Bells {
 pub struct Listener {
     config: tokio_postgres::Config,
     bells: Bells,
+    connection: ListenerConnection,
+    /// Connections made, so each has a number of its own.
+    connections: std::sync::atomic::AtomicU64,
     reconnects: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Clears the shared connection when its life ends, however it ends.
+struct ClearedOnDrop<'a>(&'a ListenerConnection);
+
+impl Drop for ClearedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 impl Listener {
-    pub fn new(mut config: tokio_postgres::Config, bells: Bells) -> Self {
+    pub fn new(
+        mut config: tokio_postgres::Config,
+        bells: Bells,
+        connection: ListenerConnection,
+    ) -> Self {
         config.application_name(APPLICATION_NAME);
         Listener {
             config,
             bells,
+            connection,
+            connections: Default::default(),
             reconnects: Default::default(),
         }
     }
@@ -103,6 +124,12 @@ impl Listener {
         client
             .batch_execute("listen outbox; listen jobs; listen retry_policies")
             .await?;
+        let client = Arc::new(client);
+        let generation = self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connection.set(generation, client.clone());
+        let _cleared = ClearedOnDrop(&self.connection);
         backoff.reset();
         if *connected_before {
             self.reconnects

@@ -3,6 +3,7 @@
 use clap::Parser;
 use reviews_service::{metrics, shutdown, telemetry};
 use reviews_worker::config::{Cli, Command};
+use reviews_worker::jobs::ledger::FileLedger;
 use reviews_worker::jobs::JobRegistry;
 
 #[tokio::main]
@@ -19,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
             args.metrics_addr
         )
     })?;
-    let registry = JobRegistry::standard().with_webhooks(args.webhooks.clone());
+    let mut registry = JobRegistry::standard().with_webhooks(args.webhooks.clone());
+    if let Some(path) = &args.run_ledger {
+        let ledger = FileLedger::open(path)
+            .map_err(|e| anyhow::anyhow!("while opening JOB_RUN_LEDGER={}: {e}", path.display()))?;
+        registry = registry.with_ledger(std::sync::Arc::new(ledger));
+    }
     let worker =
         reviews_worker::start(&args, registry, shutdown::signal("finishing running jobs")).await?;
     worker.task.await?;

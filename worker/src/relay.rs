@@ -6,24 +6,31 @@
 //! recompute interval go to the delayed set). If the enqueue fails, the jobs are still
 //! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
-//! When it runs out of work it arms the doorbell and looks once more before it sleeps (see
-//! db/migrations/0005): then it wakes on the bell, or on the slow poll, which also
-//! reconciles the queue against Postgres.
+//! When it runs out of work it tries to go to sleep (`doorbell`), never waiting for a
+//! writer. Asleep, it looks once more (writers that found it awake have committed by then)
+//! and waits for the bell, or the slow poll, the safety net for a missed bell. When a writer
+//! is in flight it cannot sleep: it looks again on a short timer (2 ms, doubling to 50 ms)
+//! until it can. Reconciliation runs apart, on its own cadence (`reconciler`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::outbox::{arm_doorbell, pending_events, relay_pending_events, relay_statement};
+use reviews_db::outbox::{relay_pending_events, relay_statement};
 use reviews_db::Db;
 use reviews_service::Backoff;
 use tokio_util::sync::CancellationToken;
 
+use crate::doorbell::{Doorbell, Nap};
 use crate::jobs::JobRegistry;
 use crate::listener::Bells;
 use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
-use crate::reconciler::Reconciler;
-use crate::retry::RetryPolicies;
+
+/// How soon a relay that cannot sleep (a writer is in flight) looks again…
+const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(2);
+/// …doubling up to this: how late an event can be relayed while a writer's transaction
+/// stays open.
+const LOOK_AGAIN_CAP: Duration = Duration::from_millis(50);
 
 /// What one relay pass found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +44,8 @@ pub enum RelayOutcome {
 pub struct RelaySettings {
     /// Events claimed per statement.
     pub batch_size: i64,
-    /// The slow poll.
+    /// The slow poll: how late a missed bell can make an event.
     pub poll_interval: Duration,
-    /// How long a pending job may be overdue before reconciliation re-enqueues it.
-    pub reconcile_after: Duration,
     /// How long after a product's last rating recompute its next one waits (0: not at all).
     pub recompute_interval: Duration,
 }
@@ -48,8 +53,7 @@ pub struct RelaySettings {
 pub struct Relay {
     pub db: Db,
     pub queue: Arc<JobQueue>,
-    pub reconciler: Reconciler,
-    pub policies: RetryPolicies,
+    pub doorbell: Doorbell,
     pub bells: Bells,
     pub settings: RelaySettings,
     /// The claiming statement, made for the registry's kinds.
@@ -114,90 +118,64 @@ impl Relay {
         Ok(total)
     }
 
-    /// Runs until `shutdown`: drain, arm, look once more, sleep until the bell or the poll.
+    /// Runs until `shutdown`: drain, try to sleep, wait for the bell (see the module docs).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::reconnecting();
-        // Whether the bell is armed by us and nobody has rung it since.
-        let mut armed = false;
-        let mut poll_tick = false;
+        let mut failures = Backoff::reconnecting();
+        let mut looking = Backoff::new(LOOK_AGAIN_FIRST, LOOK_AGAIN_CAP);
+        let mut nap = Ok(Nap::KeepLooking);
         loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            if let Err(error) = self.step(&mut armed, poll_tick).await {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "relay failed; retrying"
-                );
-                armed = false;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => continue,
+            let rest = match &nap {
+                Ok(Nap::Asleep | Nap::AnotherRelaySleeps) => {
+                    failures.reset();
+                    looking.reset();
+                    self.settings.poll_interval
                 }
-            }
-            backoff.reset();
-            poll_tick = false;
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.bells.outbox.notified() => armed = false,
-                _ = self.bells.jobs.notified() => {
-                    if let Err(error) = self.reconciler.reconcile(Duration::ZERO).await {
-                        tracing::warn!(error = format!("{error:#}"), "reconciliation failed");
+                Ok(Nap::KeepLooking) => {
+                    failures.reset();
+                    looking.next_delay()
+                }
+                Err(error) => {
+                    let delay = failures.next_delay();
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "relay failed; retrying"
+                    );
+                    delay
+                }
+            };
+            let rang = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.bells.outbox.notified() => true,
+                _ = tokio::time::sleep(rest) => false,
+            };
+            if !rang && matches!(nap, Ok(Nap::Asleep)) {
+                // The slow poll, asleep: look without waking; wake only if there is work.
+                match self.drain().await {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "relay's poll failed")
                     }
                 }
-                _ = self.bells.retry_policies.notified() => {
-                    if let Err(error) = self.policies.reload(&self.db).await {
-                        tracing::warn!(error = %error, "could not reload retry policies");
-                    }
-                }
-                _ = tokio::time::sleep(self.settings.poll_interval) => poll_tick = true,
             }
+            nap = self.wake_and_work().await;
+        }
+        if let Err(error) = self.doorbell.wake().await {
+            tracing::debug!(error = format!("{error:#}"), "could not wake on shutdown");
         }
     }
 
-    /// Outbox backlog and queue depth, sampled on the slow poll.
-    async fn record_gauges(&self) -> anyhow::Result<()> {
-        let (pending, oldest_ms) = {
-            let conn = self.db.conn().await?;
-            pending_events(&conn).await?
-        };
-        metrics::gauge!("outbox_pending_events").set(pending as f64);
-        metrics::gauge!("outbox_oldest_pending_age_seconds").set(oldest_ms as f64 / 1000.0);
-        let depth = self.queue.depth().await?;
-        metrics::gauge!("queue_stream_entries").set(depth.stream as f64);
-        metrics::gauge!("queue_delayed_jobs").set(depth.delayed as f64);
-        metrics::gauge!("queue_known_jobs").set(depth.known as f64);
-        // Every statement this worker has sent Postgres (the idle cost, for one).
-        metrics::counter!("db_statements_total").absolute(self.db.statements_run());
-        Ok(())
-    }
-
-    /// One wake-up's work: drain the outbox and make sure the bell is armed before sleeping.
-    async fn step(&self, armed: &mut bool, poll_tick: bool) -> anyhow::Result<()> {
-        let relayed = self.drain().await?;
-        if relayed > 0 {
-            // A writer may have rung (and disarmed) while we worked.
-            *armed = false;
-        }
-        while !*armed {
-            {
-                let conn = self.db.conn().await?;
-                arm_doorbell(&conn).await?;
-            }
-            *armed = true;
-            // Writers that read "disarmed" before we armed have committed by now: look again.
-            if self.drain().await? > 0 {
-                *armed = false;
+    /// Wakes (writers stop ringing), drains the outbox, then tries to sleep again; asleep, it
+    /// looks once more, since every writer that found it awake has ended by then.
+    async fn wake_and_work(&self) -> anyhow::Result<Nap> {
+        loop {
+            self.doorbell.wake().await?;
+            self.drain().await?;
+            let nap = self.doorbell.try_to_sleep().await?;
+            if nap != Nap::Asleep || self.drain().await? == 0 {
+                return Ok(nap);
             }
         }
-        if poll_tick {
-            self.reconciler
-                .reconcile(self.settings.reconcile_after)
-                .await?;
-            self.record_gauges().await?;
-        }
-        Ok(())
     }
 }

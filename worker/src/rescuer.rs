@@ -2,12 +2,15 @@
 //! let expire.
 //!
 //! - Heartbeat: every third of a lease, it renews the leases of the deliveries this runner
-//!   holds (their idle time restarts, on Redis's clock).
+//!   holds and still owns (their idle time restarts, on Redis's clock). A lease another
+//!   runner took over while this one stalled stays that runner's: this one forgets it, and
+//!   the job's fencing token keeps this runner's outcome from being recorded.
 //! - Take-back: every half lease, it claims deliveries idle longer than the lease (their
-//!   runner died or stalled) and runs them here, through the executor. It waits for a free
-//!   slot rather than skipping a round: an idle runner's reader holds every free slot while
-//!   it blocks on the stream, so skipping would leave a dead worker's jobs until new work
-//!   arrives.
+//!   runner died or stalled) and runs them here, through the executor. It scans the pending
+//!   list from where its last scan stopped, so expired leases behind live ones are reached.
+//!   It waits for a free slot rather than skipping a round: an idle runner's reader holds
+//!   every free slot while it blocks on the stream, so skipping would leave a dead worker's
+//!   jobs until new work arrives.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,15 +42,25 @@ impl Rescuer {
                 _ = tick.tick() => {}
             }
             let held = self.held.entry_ids();
-            if let Err(error) = self.queue.heartbeat(&self.consumer, &held).await {
-                tracing::warn!(error = %error, "heartbeat failed; leases may expire");
+            match self.queue.heartbeat(&self.consumer, &held).await {
+                Ok(lost) if !lost.is_empty() => {
+                    metrics::counter!("leases_lost_total").increment(lost.len() as u64);
+                    tracing::warn!(
+                        entries = ?lost,
+                        "another runner took over leases this one let expire; they are its now"
+                    );
+                    self.held.forget(&lost);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %error, "heartbeat failed; leases may expire"),
             }
         }
     }
 
-    /// Takes back expired leases until `stop`, then waits for the jobs it started.
+    /// Takes back expired leases until `stop`; the jobs it starts run in the executor's
+    /// tracker, like the reader's.
     pub async fn take_back(self: Arc<Self>, slots: Arc<Semaphore>, stop: CancellationToken) {
-        let mut running = tokio::task::JoinSet::new();
+        let mut cursor = String::from("0-0");
         let mut tick = tokio::time::interval(self.lease / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -55,7 +68,6 @@ impl Rescuer {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            while running.try_join_next().is_some() {}
             // The semaphore is fair: this gets the next slot the reader lets go.
             let first = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -67,7 +79,7 @@ impl Rescuer {
             }
             match self
                 .queue
-                .take_back_expired(&self.consumer, self.lease, permits.len())
+                .take_back_expired(&self.consumer, self.lease, permits.len(), &mut cursor)
                 .await
             {
                 Ok(taken) => {
@@ -83,14 +95,14 @@ impl Rescuer {
                             "took back a job whose lease expired"
                         );
                     }
-                    if !taken.is_empty() {
-                        self.executor.spawn_batch(&mut running, taken, permits);
+                    // Stopping means no new work, taken back or read.
+                    if !taken.is_empty() && !stop.is_cancelled() {
+                        self.executor.spawn_batch(taken, permits);
                     }
                 }
                 Err(error) if is_missing_group(&error) => {}
                 Err(error) => tracing::warn!(error = %error, "taking back expired leases failed"),
             }
         }
-        while running.join_next().await.is_some() {}
     }
 }

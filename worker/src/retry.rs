@@ -98,6 +98,24 @@ impl RetryPolicies {
             .unwrap_or(RetryPolicy::FALLBACK)
     }
 
+    /// Reloads the table whenever `bell` rings (it changed), until `shutdown`.
+    pub async fn reload_when_rung(
+        self,
+        db: Db,
+        bell: Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = bell.notified() => {}
+            }
+            if let Err(error) = self.reload(&db).await {
+                tracing::warn!(error = %error, "could not reload retry policies");
+            }
+        }
+    }
+
     /// Reads the table again.
     pub async fn reload(&self, db: &Db) -> Result<(), StoreError> {
         let conn = db.conn().await?;

@@ -5,8 +5,10 @@
 //! it never reads more than it can run. Beside the reader run the rescuer (heartbeat and
 //! take-back of expired leases) and the promoter of delayed jobs.
 //!
-//! On shutdown it stops reading, lets running jobs finish within the grace period, and hands
-//! back the rest (their attempt is given back too).
+//! On shutdown it stops reading and taking back, lets running jobs finish within the grace
+//! period, then stops the handlers still running and waits until they have stopped, and only
+//! then hands their jobs back (their attempt is given back too). Every batch, read or taken
+//! back, runs in the one task tracker, so none is missed and none runs on after its hand-back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use reviews_db::Db;
 use reviews_service::Backoff;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::completer::Completer;
 use crate::executor::{Executor, Held};
@@ -78,6 +81,8 @@ impl Runner {
                 job_timeout: settings.job_timeout,
                 stats: stats.clone(),
                 held: Held::default(),
+                tasks: TaskTracker::new(),
+                stop_jobs: CancellationToken::new(),
             },
             queue,
             consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
@@ -96,7 +101,6 @@ impl Runner {
     /// Runs until `shutdown`, then drains: see the module docs.
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let stop_helpers = CancellationToken::new();
         let rescuer = Arc::new(Rescuer {
             queue: self.queue.clone(),
             executor: self.executor.clone(),
@@ -109,42 +113,37 @@ impl Runner {
             bell: self.delayed_bell.clone(),
             poll_interval: self.settings.poll_interval,
         };
-        let helpers = [
-            tokio::spawn(rescuer.clone().heartbeat(stop_helpers.clone())),
-            tokio::spawn(rescuer.take_back(slots.clone(), stop_helpers.clone())),
-            tokio::spawn(promoter.run(stop_helpers.clone())),
-        ];
-        let mut running = tokio::task::JoinSet::new();
-        self.read_loop(&slots, &mut running, &shutdown).await;
+        // Heartbeats go on until every held job is settled or handed back.
+        let stop_heartbeat = CancellationToken::new();
+        let heartbeat = tokio::spawn(rescuer.clone().heartbeat(stop_heartbeat.clone()));
+        let taking_back = tokio::spawn(rescuer.take_back(slots.clone(), shutdown.clone()));
+        let promoting = tokio::spawn(promoter.run(shutdown.clone()));
+        self.read_loop(&slots, &shutdown).await;
 
-        // Shutdown: no new reads; let running jobs finish within the grace period.
-        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-            self.hand_back_held().await;
+        // Shutdown: no new reads or take-backs; running jobs may finish within the grace.
+        let _ = taking_back.await;
+        let _ = promoting.await;
+        let tasks = &self.executor.tasks;
+        tasks.close();
+        if tokio::time::timeout(self.settings.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            self.executor.stop_jobs.cancel();
+            tasks.wait().await;
         }
-        stop_helpers.cancel();
-        for helper in helpers {
-            let _ = helper.await;
-        }
+        // What is still held never ran to an end: its handler stopped, or its outcome
+        // could not be recorded.
+        self.hand_back_held().await;
+        stop_heartbeat.cancel();
+        let _ = heartbeat.await;
         tracing::info!("runner stopped");
     }
 
-    async fn read_loop(
-        &self,
-        slots: &Arc<Semaphore>,
-        running: &mut tokio::task::JoinSet<()>,
-        shutdown: &CancellationToken,
-    ) {
+    async fn read_loop(&self, slots: &Arc<Semaphore>, shutdown: &CancellationToken) {
         let mut backoff = Backoff::reconnecting();
         let mut connection = None;
         loop {
-            // Reap finished tasks so the set does not grow.
-            while running.try_join_next().is_some() {}
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
@@ -169,7 +168,7 @@ impl Runner {
                     backoff.reset();
                     permits.truncate(deliveries.len());
                     if !deliveries.is_empty() {
-                        self.executor.spawn_batch(running, deliveries, permits);
+                        self.executor.spawn_batch(deliveries, permits);
                     }
                 }
                 Err(error) if is_missing_group(&error) => {
@@ -182,6 +181,7 @@ impl Runner {
                     }
                 }
                 Err(error) => {
+                    // A fresh connection next time: this one failed, or hangs.
                     connection = None;
                     pause(&mut backoff, "reading the queue failed", &error, shutdown).await;
                 }
@@ -215,17 +215,27 @@ impl Runner {
         }
     }
 
-    /// Hands back the deliveries still held after the grace period.
+    /// Hands back the deliveries still held once no job runs: the attempt in Postgres (if
+    /// still this runner's), then the stream entry (if still this runner's).
     async fn hand_back_held(&self) {
-        for delivery in self.executor.held.drain() {
+        for held in self.executor.held.drain() {
+            let delivery = &held.delivery;
             let given_back = async {
-                let conn = self.executor.db.conn().await?;
-                jobs::hand_back_job(&conn, delivery.job_id).await?;
-                self.queue.hand_back(&delivery).await?;
-                anyhow::Ok(())
+                if let Some(attempt) = held.attempt {
+                    let conn = self.executor.db.conn().await?;
+                    if !jobs::hand_back_job(&conn, attempt).await? {
+                        // Another runner took it over: nothing of it is ours to give.
+                        return anyhow::Ok(false);
+                    }
+                }
+                Ok(self.queue.hand_back(delivery, &self.consumer).await?)
             };
             match given_back.await {
-                Ok(()) => tracing::info!(job.id = delivery.job_id, "handed a running job back"),
+                Ok(true) => tracing::info!(job.id = delivery.job_id, "handed a job back"),
+                Ok(false) => tracing::info!(
+                    job.id = delivery.job_id,
+                    "not handing back a job another runner took over"
+                ),
                 Err(error) => tracing::warn!(
                     job.id = delivery.job_id,
                     error = format!("{error:#}"),

@@ -10,9 +10,11 @@
 //!
 //! # Layout
 //! - `registry`: [`JobRegistry`], which handler runs which kind.
+//! - `ledger`: every handler run recorded, for tests that count runs.
 //! - `recompute_rating`, `notify_owner`, `deliver_webhook`: the kinds.
 
 pub mod deliver_webhook;
+pub mod ledger;
 pub mod notify_owner;
 pub mod recompute_rating;
 mod registry;

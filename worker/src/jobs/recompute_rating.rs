@@ -26,21 +26,28 @@ impl JobKind for RecomputeRating {
     type Payload = Payload;
     const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
     const IN_BATCHES: bool = true;
-    // One job per product, for its newest event in the batch. With an interval set, due no
-    // sooner than the interval after the product's last recompute (`updated_at`; the summary
-    // is not read without one). greatest() skips the null of a product never recomputed.
+    // One job per product the batch touched (an update that moves a review to another
+    // product touches both), for its newest event. With an interval set, due no sooner than
+    // the interval after the product's last recompute (`updated_at`; the summary is not read
+    // without one). greatest() skips the null of a product never recomputed.
     const FROM_EVENTS: &'static str = "
-        select distinct on (c.product_id)
-               c.event_id, c.product_id::text,
-               jsonb_build_object('product_id', c.product_id, 'event_id', c.event_id,
+        select distinct on (touched.product_id)
+               c.event_id, touched.product_id::text,
+               jsonb_build_object('product_id', touched.product_id, 'event_id', c.event_id,
                                   'actor_id', c.actor_id, 'request_id', c.request_id),
                case when $2 > 0
                     then greatest(now(), (select pr.updated_at from product_ratings pr
-                                          where pr.product_id = c.product_id)
+                                          where pr.product_id = touched.product_id)
                                          + $2 * interval '1 millisecond')
                     else now() end
         from claimed c
-        order by c.product_id, c.id desc";
+        cross join lateral (
+            select c.product_id
+            union
+            select (c.payload->'old'->>'product_id')::uuid
+        ) as touched (product_id)
+        where touched.product_id is not null
+        order by touched.product_id, c.id desc";
 
     /// Recomputes the jobs' products in one statement; a failed statement fails (and
     /// retries) them all.

@@ -8,6 +8,7 @@ use reviews_db::Db;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use super::ledger::{Run as LedgerRun, RunLedger};
 use super::{deliver_webhook, notify_owner, recompute_rating, Job, JobContext, JobError, JobKind};
 use crate::config::WebhookSettings;
 use crate::retry::RetryPolicy;
@@ -41,6 +42,7 @@ struct Handler {
 pub struct JobRegistry {
     handlers: HashMap<String, Handler>,
     relayed: Vec<RelayedKind>,
+    ledger: Option<Arc<dyn RunLedger>>,
 }
 
 impl JobRegistry {
@@ -109,6 +111,12 @@ impl JobRegistry {
         self
     }
 
+    /// Records every handler run in `ledger` as it starts (tests count runs with it).
+    pub fn with_ledger(mut self, ledger: Arc<dyn RunLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
     /// The kinds the relay makes jobs of, in registration order.
     pub fn relayed_kinds(&self) -> &[RelayedKind] {
         &self.relayed
@@ -133,7 +141,18 @@ impl JobRegistry {
         jobs: Vec<JobContext>,
     ) -> BoxFuture<'static, Vec<JobResult>> {
         match self.handlers.get(kind) {
-            Some(handler) => (handler.run)(db, jobs),
+            Some(handler) => {
+                if let Some(ledger) = &self.ledger {
+                    for job in &jobs {
+                        ledger.record(LedgerRun {
+                            kind: kind.to_owned(),
+                            job_id: job.job_id,
+                            attempt: job.attempt,
+                        });
+                    }
+                }
+                (handler.run)(db, jobs)
+            }
             None => {
                 let message = format!("unknown job kind {kind:?}");
                 Box::pin(async move {

@@ -1,11 +1,7 @@
 //! Atomic capture: the trigger writes one outbox row per review change, in the same
-//! transaction; and the doorbell rings only when armed.
+//! transaction; changes it cannot capture are refused.
 
-use std::time::Duration;
-
-use futures::StreamExt;
 use serde_json::Value;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::support::*;
 
@@ -121,113 +117,27 @@ async fn a_rolled_back_change_leaves_no_outbox_row() {
     assert_eq!(p.count("select count(*) from reviews").await, 0);
 }
 
-/// A separate LISTEN connection that counts `outbox` notifications.
-async fn doorbell_listener(
-    p: &TestPipeline,
-) -> (
-    tokio_postgres::Client,
-    tokio::sync::mpsc::UnboundedReceiver<()>,
-) {
-    let (client, mut connection) = p.database.config.connect(NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                let _ = tx.send(());
-            }
-        }
-    });
-    client.batch_execute("listen outbox").await.unwrap();
-    (client, rx)
-}
-
-async fn rings_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, wait: Duration) -> usize {
-    let mut rings = 0;
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(())) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        rings += 1;
+#[tokio::test]
+async fn truncate_of_reviews_is_refused_with_a_hint_and_changes_nothing() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 2)).await;
+    let client = p.client().await;
+    for statement in ["truncate reviews", "truncate products cascade"] {
+        let error = client.batch_execute(statement).await.unwrap_err();
+        let db_error = error.as_db_error().expect("a database error");
+        assert_eq!(
+            db_error.code(),
+            &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED,
+            "{statement}"
+        );
+        assert!(
+            db_error.message().contains("writes no outbox events"),
+            "{}",
+            db_error.message()
+        );
+        assert!(db_error.hint().unwrap_or("").contains("Delete the rows"));
     }
-    rings
-}
-
-#[tokio::test]
-async fn the_doorbell_rings_once_when_armed_and_not_at_all_when_disarmed() {
-    let p = TestPipeline::new().await;
-    let product = p.create_product("owner").await;
-    let (_listener, mut rings) = doorbell_listener(&p).await;
-
-    // A fresh database starts armed: the first writer rings and disarms; the rest are silent.
-    p.add_reviews(product, authors("a", 5)).await;
-    assert_eq!(
-        rings_within(&mut rings, Duration::from_millis(300)).await,
-        1
-    );
-    assert_eq!(
-        p.count("select count(*) from outbox_doorbell where armed")
-            .await,
-        0
-    );
-
-    p.add_reviews(product, authors("b", 5)).await;
-    assert_eq!(
-        rings_within(&mut rings, Duration::from_millis(300)).await,
-        0
-    );
-
-    // A worker arms it again: the next writer rings.
-    let conn = p.db.conn().await.unwrap();
-    reviews_db::outbox::arm_doorbell(&conn).await.unwrap();
-    p.add_reviews(product, authors("c", 3)).await;
-    assert_eq!(
-        rings_within(&mut rings, Duration::from_millis(300)).await,
-        1
-    );
-}
-
-/// The race the arm's lock closes: a writer that read the bell disarmed and has not committed
-/// yet would neither ring nor be seen by the relay's last look. Arming waits for it.
-#[tokio::test]
-async fn arming_waits_for_a_writer_that_read_the_bell_disarmed() {
-    let p = TestPipeline::new().await;
-    let product = p.create_product("owner").await;
-    // A first writer disarms the fresh bell.
-    p.add_reviews(product, authors("a", 1)).await;
-
-    let mut writer = p.client().await;
-    let tx = writer.transaction().await.unwrap();
-    tx.execute(
-        "insert into reviews (product_id, author_id, rating, title, body) values ($1, 'late', 4, 't', 'b')",
-        &[&product],
-    )
-    .await
-    .unwrap();
-
-    let db = p.db.clone();
-    let mut arming = tokio::spawn(async move {
-        let conn = db.conn().await.unwrap();
-        reviews_db::outbox::arm_doorbell(&conn).await.unwrap();
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut arming)
-            .await
-            .is_err(),
-        "arming must wait for the open writer"
-    );
-    tx.commit().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), arming)
-        .await
-        .expect("arming finishes once the writer committed")
-        .unwrap();
-    // What the relay's look after arming sees: the late writer's event, and an armed bell.
-    assert_eq!(
-        p.count("select count(*) from outbox_pending p join outbox o on o.id = p.id where o.review_id in (select id from reviews where author_id = 'late')")
-            .await,
-        1
-    );
-    assert_eq!(
-        p.count("select count(*) from outbox_doorbell where armed")
-            .await,
-        1
-    );
+    assert_eq!(p.count("select count(*) from reviews").await, 2);
+    assert_eq!(p.count("select count(*) from products").await, 1);
 }

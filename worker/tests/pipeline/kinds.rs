@@ -57,7 +57,10 @@ async fn every_kind_the_relay_makes_has_a_handler_a_retry_policy_and_a_readme_li
         .iter()
         .map(|kind| kind.name.to_owned())
         .collect();
-    assert_eq!(made, relayed, "the relay makes jobs of every registered kind, and only those");
+    assert_eq!(
+        made, relayed,
+        "the relay makes jobs of every registered kind, and only those"
+    );
 
     for kind in &made {
         assert!(registry.handles(kind), "no handler for {kind}");

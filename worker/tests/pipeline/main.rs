@@ -2,11 +2,13 @@
 //! and the faults the worker must survive.
 
 mod capture;
+mod doorbell;
 mod faults;
 mod flow;
 mod kinds;
 mod metrics;
 mod plans;
 mod retries;
+mod schema;
 mod support;
 mod webhooks;

@@ -24,13 +24,20 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
     let ids: Vec<i64> = p
         .column("select id from jobs where status = 'pending' order by id limit 100")
         .await;
+    let attempts = vec![1i32; ids.len()];
     let plan = |sql: String| {
         let client = &client;
         let ids = ids.clone();
+        let attempts = attempts.clone();
         async move {
             let fallback_max_attempts = 10i32;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                [&ids, &fallback_max_attempts];
+            // start_jobs's $2 is the fallback of max attempts; complete_jobs's, the attempts.
+            let second: &(dyn tokio_postgres::types::ToSql + Sync) = if sql.contains("$2::int4[]") {
+                &attempts
+            } else {
+                &fallback_max_attempts
+            };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, second];
             let used = if sql.contains("$2") { 2 } else { 1 };
             client
                 .query(&format!("explain {sql}"), &params[..used])
@@ -60,7 +67,11 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
     let started = reviews_db::jobs::start_jobs(&conn, &ids, 10).await.unwrap();
     assert_eq!(started.len(), ids.len());
     assert!(started.iter().all(|job| job.attempt == 1));
-    reviews_db::jobs::complete_jobs(&conn, &ids).await.unwrap();
+    let attempts: Vec<_> = started.iter().map(|job| job.fencing()).collect();
+    let completed = reviews_db::jobs::complete_jobs(&conn, &attempts)
+        .await
+        .unwrap();
+    assert_eq!(completed.len(), ids.len());
     let done = p
         .count("select count(*) from jobs where status = 'done' and attempts = 1")
         .await;

@@ -264,14 +264,6 @@ async fn a_job_that_panics_or_outlives_its_timeout_is_retried_while_other_jobs_k
     );
 }
 
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
 /// A recompute job that started, and a twin the relay added meanwhile (same product, not
 /// started yet: the coalescing index allows one such job per product).
 async fn started_job_and_waiting_twin(p: &TestPipeline) -> (i64, i64) {
@@ -308,9 +300,10 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
     // Handed back (a worker shutting down) while its twin waits: it would be a second
     // unstarted job for the product, which the coalescing index refuses.
     let (started, twin) = started_job_and_waiting_twin(&p).await;
-    reviews_db::jobs::hand_back_job(&conn, started)
+    let attempt = |job_id| reviews_db::jobs::Attempt { job_id, attempt: 1 };
+    assert!(reviews_db::jobs::hand_back_job(&conn, attempt(started))
         .await
-        .expect("handing back succeeds");
+        .expect("handing back succeeds"));
     assert_eq!(p.column::<String>(&state(started)).await, ["done 1"]);
     assert_eq!(p.column::<String>(&state(twin)).await, ["pending 0"]);
 
@@ -319,7 +312,9 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
     let (alone, _) = started_job_and_waiting_twin(&p).await;
     p.sql(&format!("delete from jobs where id <> {alone}"))
         .await;
-    reviews_db::jobs::hand_back_job(&conn, alone).await.unwrap();
+    assert!(reviews_db::jobs::hand_back_job(&conn, attempt(alone))
+        .await
+        .unwrap());
     assert_eq!(p.column::<String>(&state(alone)).await, ["pending 0"]);
 
     // Replayed from its dead letter while a twin waits: merged too, the letter replayed.

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use reviews_db::testing::TestDatabase;
 use reviews_db::{Db, DbArgs};
 use reviews_service::LogFormat;
+use std::collections::HashMap;
+
 use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
+pub use reviews_worker::jobs::ledger::{MemoryLedger, Run};
 use reviews_worker::jobs::JobRegistry;
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
@@ -17,12 +20,15 @@ pub struct TestPipeline {
     pub database: TestDatabase,
     pub db: Db,
     pub prefix: String,
+    pub redis_url: String,
     pub redis: redis::Client,
 }
 
 /// A worker running in this process; dropped, it is told to stop.
 pub struct TestWorker {
     pub worker: reviews_worker::Worker,
+    /// Every handler run of this worker.
+    pub ledger: Arc<MemoryLedger>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -33,6 +39,15 @@ impl TestWorker {
             let _ = stop.send(());
         }
         (&mut self.worker.task).await.unwrap();
+    }
+}
+
+/// Runs a closure when dropped (a handler's end, however it ends).
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 
@@ -71,12 +86,18 @@ pub fn redis_url() -> String {
 
 impl TestPipeline {
     pub async fn new() -> Self {
+        Self::with_redis(&redis_url()).await
+    }
+
+    /// A pipeline whose workers use the Redis at `url` (a private one a test may kill).
+    pub async fn with_redis(url: &str) -> Self {
         let database = TestDatabase::create().await;
         TestPipeline {
             db: database.db(),
             database,
             prefix: format!("test-{}", Uuid::new_v4().simple()),
-            redis: redis::Client::open(redis_url()).unwrap(),
+            redis_url: url.to_owned(),
+            redis: redis::Client::open(url).unwrap(),
         }
     }
 
@@ -86,7 +107,7 @@ impl TestPipeline {
         db.database_url = Some(self.database.config.clone());
         db.db_pool_size = 8;
         let mut redis = RedisArgs::local(&self.prefix);
-        redis.redis_url = Some(redis_url());
+        redis.redis_url = Some(self.redis_url.clone());
         WorkerArgs {
             db,
             redis,
@@ -102,6 +123,7 @@ impl TestPipeline {
             },
             webhooks: Default::default(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            run_ledger: None,
             log_format: LogFormat::Text,
         }
     }
@@ -111,15 +133,18 @@ impl TestPipeline {
             .await
     }
 
-    pub async fn start_worker_with(&self, args: WorkerArgs, handlers: JobRegistry) -> TestWorker {
+    pub async fn start_worker_with(&self, args: WorkerArgs, registry: JobRegistry) -> TestWorker {
         let (stop, stopped) = oneshot::channel::<()>();
-        let worker = reviews_worker::start(&args, handlers, async {
+        let ledger = Arc::new(MemoryLedger::default());
+        let registry = registry.with_ledger(ledger.clone());
+        let worker = reviews_worker::start(&args, registry, async {
             let _ = stopped.await;
         })
         .await
         .expect("starting the worker");
         TestWorker {
             worker,
+            ledger,
             stop: Some(stop),
         }
     }
@@ -248,34 +273,87 @@ impl TestPipeline {
         }
     }
 
-    /// Asserts that every rating summary equals the aggregate of the reviews table.
+    /// Asserts that every rating summary equals the aggregate of the reviews table: count,
+    /// sum and all five buckets.
     pub async fn assert_ratings_match_reviews(&self) {
         let wrong = self
-            .count(
-                "select count(*) from products p
+            .column::<String>(
+                "select p.id::text from products p
                  left join product_ratings pr on pr.product_id = p.id
                  left join lateral (
                      select count(*) as n, coalesce(sum(rating), 0) as s,
                             count(*) filter (where rating = 1) as s1,
+                            count(*) filter (where rating = 2) as s2,
+                            count(*) filter (where rating = 3) as s3,
+                            count(*) filter (where rating = 4) as s4,
                             count(*) filter (where rating = 5) as s5
                      from reviews r where r.product_id = p.id) agg on true
-                 where coalesce(pr.review_count, 0) <> agg.n
-                    or coalesce(pr.rating_sum, 0) <> agg.s
-                    or coalesce(pr.stars_1, 0) <> agg.s1
-                    or coalesce(pr.stars_5, 0) <> agg.s5",
+                 where (coalesce(pr.review_count, 0), coalesce(pr.rating_sum, 0),
+                        coalesce(pr.stars_1, 0), coalesce(pr.stars_2, 0), coalesce(pr.stars_3, 0),
+                        coalesce(pr.stars_4, 0), coalesce(pr.stars_5, 0))
+                       <> (agg.n, agg.s, agg.s1, agg.s2, agg.s3, agg.s4, agg.s5)",
             )
             .await;
-        assert_eq!(wrong, 0, "rating summaries differ from the reviews table");
+        assert!(
+            wrong.is_empty(),
+            "rating summaries differ from the reviews table: {wrong:?}"
+        );
     }
 
-    /// Asserts that every event that should notify did so exactly once.
-    pub async fn assert_one_notification_per_event(&self, expected: i64) {
-        let total = self.count("select count(*) from notifications").await;
-        let distinct = self
-            .count("select count(distinct event_id) from notifications")
-            .await;
-        assert_eq!(total, expected, "notifications");
-        assert_eq!(distinct, expected, "notifications per event");
+    /// Counts, from the runs of `ledgers`, how often each event's owner notification ran:
+    /// asserts that every one of the `expected` events (and no other) is covered by a
+    /// notify job that ran, that each event has its one notification row, and returns how
+    /// many runs were more than once (duplicates).
+    pub async fn notify_duplicates(&self, runs: &[Run], expected: i64) -> usize {
+        let jobs: Vec<(i64, serde_json::Value)> = self
+            .client()
+            .await
+            .query(
+                "select id, payload from jobs where kind = 'notify_owner'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut runs_per_event: HashMap<String, usize> = HashMap::new();
+        for (job, payload) in &jobs {
+            let ran = runs.iter().filter(|run| run.job_id == *job).count();
+            let events = payload["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![payload.clone()]);
+            for event in events {
+                *runs_per_event
+                    .entry(event["event_id"].as_str().unwrap().to_owned())
+                    .or_default() += ran;
+            }
+        }
+        let outbox_events = self.count("select count(*) from outbox").await;
+        assert_eq!(outbox_events, expected, "events in the outbox");
+        assert_eq!(
+            runs_per_event.len() as i64,
+            expected,
+            "events with a notify job"
+        );
+        let never = runs_per_event.values().filter(|&&n| n == 0).count();
+        assert_eq!(never, 0, "events whose notify job never ran");
+        assert_eq!(
+            self.count("select count(*) from notifications").await,
+            expected,
+            "notification rows"
+        );
+        runs_per_event.values().map(|n| n - 1).sum()
+    }
+
+    /// Asserts that each of the `expected` events was notified by exactly one handler run.
+    pub async fn assert_notified_once_each(&self, runs: &[Run], expected: i64) {
+        assert_eq!(
+            self.notify_duplicates(runs, expected).await,
+            0,
+            "events whose notify job ran more than once"
+        );
     }
 }
 
@@ -312,4 +390,89 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A Redis server of a test's own (so the test may kill, pause or restart it), started from
+/// the system's `redis-server` on a free loopback port without persistence; killed when
+/// dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let mut redis = PrivateRedis {
+            port: free_port(),
+            process: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.as_ref().expect("running").id()
+    }
+
+    /// Kills the server with SIGKILL: everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts it again (empty) on the same port; returns once it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.process = Some(process);
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the private redis-server did not answer");
+    }
+
+    /// Sends the server a signal (STOP to pause it, CONT to resume it).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if self.process.is_some() {
+            // A paused server ignores SIGKILL's delivery only until it runs: resume it first.
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(self.pid().to_string())
+                .status();
+        }
+        self.kill();
+    }
 }

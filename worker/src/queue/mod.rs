@@ -13,13 +13,22 @@
 //!   promoted into the stream when due.
 //! - `{prefix}:known`: the set of job ids the queue holds (stream, pending or delayed), so
 //!   enqueueing the same job twice adds it once.
+//!
+//! # Layout
+//! - `connections`: the pool that replaces failed connections; blocking-read connections.
+//! - `scripts`: the Lua scripts (atomic, every key declared).
+
+mod connections;
+mod scripts;
 
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::{Script, Value};
+
+pub use connections::means_connection_lost;
+use scripts::*;
 
 /// The consumer group every runner reads through.
 pub const GROUP: &str = "runners";
@@ -30,6 +39,10 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
+    /// A blocking read got no answer long after its block time: Redis is paused or the
+    /// connection hangs. The connection is dropped.
+    #[error("redis did not answer a blocking read within {0:?}")]
+    ReadTimedOut(Duration),
 }
 
 /// A job id delivered to this runner, with the stream entry that carries it.
@@ -45,101 +58,44 @@ struct Keys {
     known: String,
 }
 
-/// Adds job ids that the queue does not hold yet; returns how many were added. ARGV: job id
-/// and delay pairs; a job with a delay (in ms of Redis's clock) goes to the delayed set.
-const ENQUEUE: &str = r"
-local now_ms
-local added = 0
-for i = 1, #ARGV, 2 do
-  local id, delay = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('SADD', KEYS[2], id) == 1 then
-    if delay > 0 then
-      if not now_ms then
-        local t = redis.call('TIME')
-        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      redis.call('ZADD', KEYS[3], now_ms + delay, id)
-    else
-      redis.call('XADD', KEYS[1], '*', 'job', id)
-    end
-    added = added + 1
-  end
-end
-return added";
+/// How much longer than its block time a blocking read may take before its connection is
+/// given up as hung.
+const READ_MARGIN: Duration = Duration::from_secs(2);
 
-/// Acknowledges deliveries and forgets their jobs (they finished or died). ARGV: the group,
-/// then entry id and job id pairs.
-const FINISH: &str = r"
-local entries, jobs = {}, {}
-for i = 2, #ARGV, 2 do
-  entries[#entries + 1] = ARGV[i]
-  jobs[#jobs + 1] = ARGV[i + 1]
-end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
-redis.call('XDEL', KEYS[1], unpack(entries))
-redis.call('SREM', KEYS[2], unpack(jobs))
-return #entries";
-
-/// Acknowledges a delivery and schedules the job again after ARGV[4] ms of Redis's clock.
-const RETRY: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-return 1";
-
-/// Acknowledges a delivery and puts the job back at the end of the stream for another
-/// runner (this one is shutting down).
-const HAND_BACK: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
-return 1";
-
-/// Moves due retries into the stream. Returns {moved, ms until the next one or -1}.
-const PROMOTE: &str = r"
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('XADD', KEYS[2], '*', 'job', id)
-end
-local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local wait = -1
-if next_due[2] then wait = math.max(0, tonumber(next_due[2]) - now_ms) end
-return {#due, wait}";
-
-/// The queue's handle: a pool for ordinary commands and one dedicated connection (no
-/// response timeout) for the blocking read, which would stall a shared connection.
+/// The queue's handle: a pool for ordinary commands (failed connections are replaced) and
+/// dedicated connections for blocking reads, which would stall a shared connection.
 pub struct JobQueue {
     client: redis::Client,
-    pool: bb8::Pool<RedisConnectionManager>,
+    pool: connections::Pool,
     keys: Keys,
     enqueue: Script,
     finish: Script,
     retry: Script,
     hand_back: Script,
     promote: Script,
+    heartbeat: Script,
+    discard: Script,
 }
 
-type Pooled<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
+type Pooled<'a> = bb8::PooledConnection<'a, connections::Manager>;
+
+/// Runs a command on a pooled connection, marking the connection broken if the command
+/// failed because of it.
+macro_rules! on {
+    ($conn:expr, $command:expr) => {{
+        let conn: &mut Pooled<'_> = &mut $conn;
+        let result = $command(conn.connection()).await;
+        conn.check(result)?
+    }};
+}
 
 impl JobQueue {
     pub fn new(url: &str, prefix: &str) -> Result<Self, QueueError> {
         let client = redis::Client::open(url)?;
-        let manager = RedisConnectionManager::new(url)?;
-        let pool = bb8::Pool::builder()
-            .max_size(8)
-            .connection_timeout(Duration::from_secs(3))
-            .test_on_check_out(false)
-            .build_unchecked(manager);
         let tag = format!("{{{prefix}}}");
         Ok(JobQueue {
             client,
-            pool,
+            pool: connections::pool(url, 8)?,
             keys: Keys {
                 stream: format!("{tag}:jobs"),
                 delayed: format!("{tag}:delayed"),
@@ -150,39 +106,40 @@ impl JobQueue {
             retry: Script::new(RETRY),
             hand_back: Script::new(HAND_BACK),
             promote: Script::new(PROMOTE),
+            heartbeat: Script::new(HEARTBEAT),
+            discard: Script::new(DISCARD),
         })
     }
 
     async fn conn(&self) -> Result<Pooled<'_>, QueueError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| QueueError::Pool(e.to_string()))
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => QueueError::Redis(e),
+            bb8::RunError::TimedOut => {
+                QueueError::Pool("timed out waiting for a Redis connection".into())
+            }
+        })
     }
 
     /// A connection for blocking reads: its own socket, no response timeout.
     pub async fn blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(3)));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(connections::dedicated(&self.client).await?)
     }
 
     /// Creates the stream and the consumer group if they are missing (first start, or Redis
     /// lost its data).
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        let command = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.keys.stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut *conn)
-            .await;
+            .to_owned();
+        let created: Result<(), redis::RedisError> = {
+            let result = command.query_async(conn.connection()).await;
+            conn.check(result)
+        };
         match created {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
             _ => Ok(()),
@@ -204,7 +161,6 @@ impl JobQueue {
         if ready.is_empty() && later.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.conn().await?;
         let mut invocation = self.enqueue.key(&self.keys.stream);
         invocation.key(&self.keys.known).key(&self.keys.delayed);
         for id in ready {
@@ -214,7 +170,8 @@ impl JobQueue {
             // At least 1 ms: 0 means "ready now" to the script.
             invocation.arg(id).arg(due_in.as_millis().max(1) as u64);
         }
-        Ok(invocation.invoke_async(&mut *conn).await?)
+        let mut conn = self.conn().await?;
+        Ok(on!(conn, |c| invocation.invoke_async(c)))
     }
 
     /// Of `job_ids`, those the queue does not hold.
@@ -222,12 +179,12 @@ impl JobQueue {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        let held: Vec<bool> = redis::cmd("SMISMEMBER")
+        let command = redis::cmd("SMISMEMBER")
             .arg(&self.keys.known)
             .arg(job_ids)
-            .query_async(&mut *conn)
-            .await?;
+            .to_owned();
+        let mut conn = self.conn().await?;
+        let held: Vec<bool> = on!(conn, |c| command.query_async(c));
         Ok(job_ids
             .iter()
             .zip(held)
@@ -236,7 +193,9 @@ impl JobQueue {
             .collect())
     }
 
-    /// Waits up to `block` for at most `count` new deliveries for `consumer`.
+    /// Waits up to `block` for at most `count` new deliveries for `consumer`, on a dedicated
+    /// connection. A read that gets no answer for `block` plus a margin fails with
+    /// [`QueueError::ReadTimedOut`]: drop that connection.
     pub async fn read(
         &self,
         conn: &mut MultiplexedConnection,
@@ -248,9 +207,13 @@ impl JobQueue {
             .group(GROUP, consumer)
             .count(count)
             .block(block.as_millis() as usize);
+        let keys = [&self.keys.stream];
+        let read = redis::AsyncCommands::xread_options(conn, &keys, &[">"], &options);
         let reply: Option<StreamReadReply> =
-            redis::AsyncCommands::xread_options(conn, &[&self.keys.stream], &[">"], &options)
-                .await?;
+            match tokio::time::timeout(block + READ_MARGIN, read).await {
+                Ok(reply) => reply?,
+                Err(_) => return Err(QueueError::ReadTimedOut(block + READ_MARGIN)),
+            };
         Ok(reply
             .map(|r| {
                 r.keys
@@ -262,44 +225,61 @@ impl JobQueue {
             .unwrap_or_default())
     }
 
-    /// Renews the leases of the deliveries this consumer holds.
-    pub async fn heartbeat(&self, consumer: &str, entry_ids: &[String]) -> Result<(), QueueError> {
+    /// Renews the leases of the deliveries `consumer` holds; returns those it no longer owns
+    /// (another runner took them over): they are that runner's now.
+    pub async fn heartbeat(
+        &self,
+        consumer: &str,
+        entry_ids: &[String],
+    ) -> Result<Vec<String>, QueueError> {
         if entry_ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut invocation = self.heartbeat.key(&self.keys.stream);
+        invocation.arg(GROUP).arg(consumer).arg(entry_ids);
         let mut conn = self.conn().await?;
-        redis::cmd("XCLAIM")
-            .arg(&self.keys.stream)
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(0)
-            .arg(entry_ids)
-            .arg("JUSTID")
-            .query_async::<Value>(&mut *conn)
-            .await?;
-        Ok(())
+        Ok(on!(conn, |c| invocation.invoke_async(c)))
     }
 
-    /// Takes over deliveries whose lease expired (idle longer than `lease`): their runner
-    /// died or stalled.
+    /// Takes over at most `count` deliveries whose lease expired (idle longer than `lease`:
+    /// their runner died or stalled), scanning the pending list from `cursor` and leaving
+    /// the cursor where the scan stopped, so expired entries behind live ones are reached on
+    /// the next calls. Entries that carry no job id are acknowledged and deleted.
     pub async fn take_back_expired(
         &self,
         consumer: &str,
         lease: Duration,
         count: usize,
+        cursor: &mut String,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let mut conn = self.conn().await?;
-        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let command = redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.stream)
             .arg(GROUP)
             .arg(consumer)
             .arg(lease.as_millis() as u64)
-            .arg("0-0")
+            .arg(cursor.as_str())
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut *conn)
-            .await?;
-        Ok(reply.claimed.into_iter().filter_map(delivery).collect())
+            .to_owned();
+        let mut conn = self.conn().await?;
+        let reply: StreamAutoClaimReply = on!(conn, |c| command.query_async(c));
+        *cursor = reply.next_stream_id;
+        let mut deliveries = Vec::with_capacity(reply.claimed.len());
+        let mut unreadable = Vec::new();
+        for entry in reply.claimed {
+            let entry_id = entry.id.clone();
+            match delivery(entry) {
+                Some(delivery) => deliveries.push(delivery),
+                None => unreadable.push(entry_id),
+            }
+        }
+        if !unreadable.is_empty() {
+            tracing::warn!(entries = ?unreadable, "discarded stream entries that carry no job id");
+            let mut invocation = self.discard.key(&self.keys.stream);
+            invocation.arg(GROUP).arg(&unreadable);
+            on!(conn, |c| invocation.invoke_async::<i64>(c));
+        }
+        Ok(deliveries)
     }
 
     /// The job finished (done or dead): acknowledge and forget it.
@@ -312,13 +292,13 @@ impl JobQueue {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
         let mut invocation = self.finish.key(&self.keys.stream);
         invocation.key(&self.keys.known).arg(GROUP);
         for delivery in deliveries {
             invocation.arg(&delivery.entry_id).arg(delivery.job_id);
         }
-        invocation.invoke_async::<i64>(&mut *conn).await?;
+        let mut conn = self.conn().await?;
+        on!(conn, |c| invocation.invoke_async::<i64>(c));
         Ok(())
     }
 
@@ -328,60 +308,57 @@ impl JobQueue {
         delivery: &Delivery,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        self.retry
-            .key(&self.keys.stream)
+        let mut invocation = self.retry.key(&self.keys.stream);
+        invocation
             .key(&self.keys.delayed)
             .key(&self.keys.known)
             .arg(GROUP)
             .arg(&delivery.entry_id)
             .arg(delivery.job_id)
-            .arg(delay.as_millis() as u64)
-            .invoke_async::<i64>(&mut *conn)
-            .await?;
+            .arg(delay.as_millis() as u64);
+        let mut conn = self.conn().await?;
+        on!(conn, |c| invocation.invoke_async::<i64>(c));
         Ok(())
     }
 
-    /// Returns a delivery this runner will not finish to the stream, for another runner.
-    pub async fn hand_back(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        self.hand_back
-            .key(&self.keys.stream)
+    /// Returns a delivery `consumer` will not finish to the stream, for another runner;
+    /// false when `consumer` no longer owns it (another runner took it over).
+    pub async fn hand_back(&self, delivery: &Delivery, consumer: &str) -> Result<bool, QueueError> {
+        let mut invocation = self.hand_back.key(&self.keys.stream);
+        invocation
             .arg(GROUP)
             .arg(&delivery.entry_id)
             .arg(delivery.job_id)
-            .invoke_async::<i64>(&mut *conn)
-            .await?;
-        Ok(())
+            .arg(consumer);
+        let mut conn = self.conn().await?;
+        let handed: i64 = on!(conn, |c| invocation.invoke_async(c));
+        Ok(handed == 1)
     }
 
-    /// Moves due retries to the stream; returns how many, and how long until the next is due.
+    /// Moves due jobs to the stream; returns how many, and how long until the next is due.
     pub async fn promote_due(&self, limit: usize) -> Result<(usize, Option<Duration>), QueueError> {
+        let mut invocation = self.promote.key(&self.keys.delayed);
+        invocation.key(&self.keys.stream).arg(limit);
         let mut conn = self.conn().await?;
-        let (moved, wait_ms): (usize, i64) = self
-            .promote
-            .key(&self.keys.delayed)
-            .key(&self.keys.stream)
-            .arg(limit)
-            .invoke_async(&mut *conn)
-            .await?;
+        let (moved, wait_ms): (usize, i64) = on!(conn, |c| invocation.invoke_async(c));
         let next = (wait_ms >= 0).then(|| Duration::from_millis(wait_ms as u64));
         Ok((moved, next))
     }
 
     /// Entries waiting in the stream plus those delivered and not yet acknowledged, and the
-    /// delayed retries (for metrics and tests).
+    /// delayed jobs (for metrics and tests).
     pub async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let mut conn = self.conn().await?;
-        let (stream, delayed, known): (usize, usize, usize) = redis::pipe()
+        let pipeline = redis::pipe()
             .cmd("XLEN")
             .arg(&self.keys.stream)
             .cmd("ZCARD")
             .arg(&self.keys.delayed)
             .cmd("SCARD")
             .arg(&self.keys.known)
-            .query_async(&mut *conn)
-            .await?;
+            .to_owned();
+        let mut conn = self.conn().await?;
+        let (stream, delayed, known): (usize, usize, usize) =
+            on!(conn, |c| pipeline.query_async(c));
         Ok(QueueDepth {
             stream,
             delayed,
@@ -394,7 +371,7 @@ impl JobQueue {
 pub struct QueueDepth {
     /// Entries in the stream (ready or leased).
     pub stream: usize,
-    /// Retries waiting for their time.
+    /// Jobs waiting for their time.
     pub delayed: usize,
     /// Jobs the queue holds in all.
     pub known: usize,

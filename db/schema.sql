@@ -1,0 +1,454 @@
+-- The schema db/migrations build, for reading at a glance (the migrations are the
+-- history). Written by scripts/dump-schema; a test fails when it differs from them.
+
+CREATE FUNCTION public.hand_back_job(p_job_id bigint, p_attempt integer) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform 1 from jobs
+    where id = p_job_id and status = 'pending' and attempts = p_attempt
+    for update;
+    if not found then
+        return false;
+    end if;
+    if p_attempt > 1 then
+        -- Still counted as started afterwards: no twin can conflict.
+        update jobs set attempts = attempts - 1 where id = p_job_id;
+    elsif not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
+        update jobs set attempts = 0 where id = p_job_id;
+    end if;
+    return true;
+end;
+$$;
+
+CREATE FUNCTION public.lock_key_rating_recompute() RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN '7265766965770011'::bigint;
+
+CREATE FUNCTION public.lock_key_relay_asleep() RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN '7265766965770012'::bigint;
+
+CREATE FUNCTION public.merge_into_waiting_twin(p_job_id bigint, p_status text, p_how text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_twin bigint;
+begin
+    select twin.id into v_twin
+    from jobs job
+    join jobs twin on twin.kind = job.kind and twin.coalesce_key = job.coalesce_key
+    where job.id = p_job_id
+      and twin.id <> job.id and twin.status = 'pending' and twin.attempts = 0
+    limit 1;
+    if v_twin is null then
+        return false;
+    end if;
+    update jobs
+    set status = 'done', finished_at = now(),
+        last_error = format('%s; merged into job %s, which waits with the same coalesce key',
+                            p_how, v_twin)
+    where id = p_job_id and status = p_status;
+    return true;
+end;
+$$;
+
+CREATE FUNCTION public.recompute_product_rating(p_product_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_advisory_xact_lock(hashtextextended(p_product_id::text, lock_key_rating_recompute()));
+    insert into product_ratings as pr
+        (product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5, updated_at)
+    select p.id,
+           count(r.id),
+           coalesce(sum(r.rating), 0),
+           count(*) filter (where r.rating = 1),
+           count(*) filter (where r.rating = 2),
+           count(*) filter (where r.rating = 3),
+           count(*) filter (where r.rating = 4),
+           count(*) filter (where r.rating = 5),
+           now()
+    from products p
+    left join reviews r on r.product_id = p.id
+    where p.id = p_product_id
+    group by p.id
+    on conflict (product_id) do update
+    set review_count = excluded.review_count,
+        rating_sum = excluded.rating_sum,
+        stars_1 = excluded.stars_1,
+        stars_2 = excluded.stars_2,
+        stars_3 = excluded.stars_3,
+        stars_4 = excluded.stars_4,
+        stars_5 = excluded.stars_5,
+        updated_at = excluded.updated_at;
+    if found then
+        perform pg_notify('rating_changed', p_product_id::text);
+    end if;
+end;
+$$;
+
+CREATE FUNCTION public.replay_dead_job(p_dead_job_id bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_job_id bigint;
+begin
+    update dead_jobs set replayed_at = now()
+    where id = p_dead_job_id and replayed_at is null
+    returning job_id into v_job_id;
+    if not found then
+        return false;
+    end if;
+    if not merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
+        update jobs
+        set status = 'pending', attempts = 0, run_at = now(), last_error = null, finished_at = null
+        where id = v_job_id and status = 'dead';
+        perform pg_notify('jobs', '');
+    end if;
+    return true;
+end;
+$$;
+
+CREATE FUNCTION public.tg_retry_policies__announce_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_notify('retry_policies', '');
+    return null;
+end;
+$$;
+
+CREATE FUNCTION public.tg_reviews__refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    raise exception 'TRUNCATE of reviews is refused: it writes no outbox events'
+        using errcode = 'feature_not_supported',
+              hint = 'Delete the rows instead (in batches of a few thousand for many): each deleted review writes its review.deleted event.';
+end;
+$$;
+
+CREATE FUNCTION public.tg_reviews__touch_updated_at() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    new.updated_at := now();
+    return new;
+end;
+$$;
+
+CREATE FUNCTION public.tg_reviews__write_outbox() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_type text;
+    v_row reviews;
+begin
+    if tg_op = 'INSERT' then
+        v_type := 'review.created';
+        v_row := new;
+    elsif tg_op = 'UPDATE' then
+        v_type := 'review.updated';
+        v_row := new;
+    else
+        v_type := 'review.deleted';
+        v_row := old;
+    end if;
+
+    -- One statement for both rows: each statement a PL/pgSQL function runs has its own
+    -- executor start-up cost, paid on every write.
+    with event as (
+        insert into outbox (event_type, review_id, product_id, payload, actor_id, request_id)
+        values (
+            v_type,
+            v_row.id,
+            v_row.product_id,
+            jsonb_build_object(
+                'new', case when tg_op = 'DELETE' then null else to_jsonb(new) end,
+                'old', case when tg_op = 'INSERT' then null else to_jsonb(old) end
+            ),
+            nullif(current_setting('app.user_id', true), ''),
+            nullif(current_setting('app.request_id', true), '')
+        )
+        returning id
+    )
+    insert into outbox_pending (id) select id from event;
+
+    -- Ring only when a relay is asleep (see the header); never wait.
+    if not pg_try_advisory_xact_lock_shared(lock_key_relay_asleep()) then
+        perform pg_notify('outbox', '');
+    end if;
+    return null;
+end;
+$$;
+
+CREATE TABLE public.dead_jobs (
+    id bigint NOT NULL,
+    job_id bigint NOT NULL,
+    kind text NOT NULL,
+    payload jsonb NOT NULL,
+    attempts integer NOT NULL,
+    last_error text,
+    created_at timestamp with time zone NOT NULL,
+    died_at timestamp with time zone DEFAULT now() NOT NULL,
+    replayed_at timestamp with time zone
+);
+
+ALTER TABLE public.dead_jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.dead_jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.jobs (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    event_id uuid,
+    coalesce_key text,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT jobs_attempts_non_negative CHECK ((attempts >= 0)),
+    CONSTRAINT jobs_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'dead'::text])))
+);
+
+ALTER TABLE public.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.notifications (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    recipient_id text NOT NULL,
+    kind text NOT NULL,
+    review_id uuid,
+    product_id uuid,
+    event_id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    read_at timestamp with time zone
+);
+
+CREATE TABLE public.outbox (
+    id bigint NOT NULL,
+    event_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    event_type text NOT NULL,
+    review_id uuid NOT NULL,
+    product_id uuid NOT NULL,
+    payload jsonb NOT NULL,
+    actor_id text,
+    request_id text,
+    schema_version smallint DEFAULT 1 NOT NULL,
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT outbox_event_type_known CHECK ((event_type = ANY (ARRAY['review.created'::text, 'review.updated'::text, 'review.deleted'::text])))
+);
+
+ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.outbox_pending (
+    id bigint NOT NULL
+);
+
+CREATE TABLE public.product_ratings (
+    product_id uuid NOT NULL,
+    review_count integer DEFAULT 0 NOT NULL,
+    rating_sum integer DEFAULT 0 NOT NULL,
+    stars_1 integer DEFAULT 0 NOT NULL,
+    stars_2 integer DEFAULT 0 NOT NULL,
+    stars_3 integer DEFAULT 0 NOT NULL,
+    stars_4 integer DEFAULT 0 NOT NULL,
+    stars_5 integer DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT product_ratings_counts_agree CHECK ((review_count = ((((stars_1 + stars_2) + stars_3) + stars_4) + stars_5)))
+);
+
+CREATE TABLE public.products (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    owner_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT products_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
+    CONSTRAINT products_owner_id_length CHECK (((char_length(owner_id) >= 1) AND (char_length(owner_id) <= 200)))
+);
+
+CREATE TABLE public.retry_policies (
+    kind text NOT NULL,
+    max_attempts integer NOT NULL,
+    base_delay_ms bigint NOT NULL,
+    multiplier double precision NOT NULL,
+    max_delay_ms bigint NOT NULL,
+    jitter double precision NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT retry_policies_base_positive CHECK ((base_delay_ms > 0)),
+    CONSTRAINT retry_policies_jitter_range CHECK (((jitter >= (0)::double precision) AND (jitter <= (1)::double precision))),
+    CONSTRAINT retry_policies_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
+    CONSTRAINT retry_policies_max_not_below_base CHECK ((max_delay_ms >= base_delay_ms)),
+    CONSTRAINT retry_policies_multiplier_range CHECK ((multiplier >= (1)::double precision))
+);
+
+CREATE TABLE public.reviews (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    product_id uuid NOT NULL,
+    author_id text NOT NULL,
+    rating smallint NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT reviews_author_id_length CHECK (((char_length(author_id) >= 1) AND (char_length(author_id) <= 200))),
+    CONSTRAINT reviews_body_length CHECK (((char_length(body) >= 1) AND (char_length(body) <= 10000))),
+    CONSTRAINT reviews_rating_range CHECK (((rating >= 1) AND (rating <= 5))),
+    CONSTRAINT reviews_title_length CHECK (((char_length(title) >= 1) AND (char_length(title) <= 200)))
+);
+
+CREATE TABLE public.schema_migrations (
+    version text NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    applied_by text NOT NULL
+);
+
+CREATE TABLE public.webhook_deliveries (
+    id bigint NOT NULL,
+    webhook_id uuid NOT NULL,
+    event_id uuid NOT NULL,
+    job_id bigint,
+    attempt integer NOT NULL,
+    status_code integer,
+    duration_ms integer NOT NULL,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE public.webhook_deliveries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhook_deliveries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.webhooks (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    url text NOT NULL,
+    event_types text[] NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    secret text NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    disabled_at timestamp with time zone,
+    disabled_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhooks_description_length CHECK ((char_length(description) <= 500)),
+    CONSTRAINT webhooks_event_types_known CHECK (((cardinality(event_types) > 0) AND (event_types <@ ARRAY['review.created'::text, 'review.updated'::text, 'review.deleted'::text]))),
+    CONSTRAINT webhooks_url_length CHECK (((char_length(url) >= 1) AND (char_length(url) <= 2000)))
+);
+
+ALTER TABLE ONLY public.dead_jobs
+    ADD CONSTRAINT dead_jobs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.notifications
+    ADD CONSTRAINT notifications_once_per_event UNIQUE (event_id, recipient_id, kind);
+
+ALTER TABLE ONLY public.notifications
+    ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.outbox
+    ADD CONSTRAINT outbox_event_id_key UNIQUE (event_id);
+
+ALTER TABLE ONLY public.outbox_pending
+    ADD CONSTRAINT outbox_pending_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.outbox
+    ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.product_ratings
+    ADD CONSTRAINT product_ratings_pkey PRIMARY KEY (product_id);
+
+ALTER TABLE ONLY public.products
+    ADD CONSTRAINT products_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.retry_policies
+    ADD CONSTRAINT retry_policies_pkey PRIMARY KEY (kind);
+
+ALTER TABLE ONLY public.reviews
+    ADD CONSTRAINT reviews_one_per_author UNIQUE (product_id, author_id);
+
+ALTER TABLE ONLY public.reviews
+    ADD CONSTRAINT reviews_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
+CREATE INDEX dead_jobs_kind_died_at ON public.dead_jobs USING btree (kind, died_at);
+
+CREATE UNIQUE INDEX dead_jobs_one_open_per_job ON public.dead_jobs USING btree (job_id) WHERE (replayed_at IS NULL);
+
+CREATE UNIQUE INDEX jobs_coalesce ON public.jobs USING btree (kind, coalesce_key) WHERE ((status = 'pending'::text) AND (attempts = 0) AND (coalesce_key IS NOT NULL));
+
+CREATE INDEX jobs_event ON public.jobs USING btree (event_id);
+
+CREATE INDEX jobs_pending_run_at ON public.jobs USING btree (run_at) WHERE (status = 'pending'::text);
+
+CREATE INDEX notifications_recipient_page ON public.notifications USING btree (recipient_id, created_at DESC, id DESC);
+
+CREATE INDEX outbox_product ON public.outbox USING btree (product_id);
+
+CREATE INDEX outbox_review ON public.outbox USING btree (review_id);
+
+CREATE INDEX products_page ON public.products USING btree (created_at DESC, id DESC);
+
+CREATE INDEX reviews_product_page ON public.reviews USING btree (product_id, created_at DESC, id DESC);
+
+CREATE INDEX webhook_deliveries_page ON public.webhook_deliveries USING btree (webhook_id, created_at DESC, id DESC);
+
+CREATE TRIGGER _100_announce_change AFTER INSERT OR DELETE OR UPDATE ON public.retry_policies FOR EACH STATEMENT EXECUTE FUNCTION public.tg_retry_policies__announce_change();
+
+CREATE TRIGGER _100_refuse_truncate BEFORE TRUNCATE ON public.reviews FOR EACH STATEMENT EXECUTE FUNCTION public.tg_reviews__refuse_truncate();
+
+CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON public.reviews FOR EACH ROW EXECUTE FUNCTION public.tg_reviews__touch_updated_at();
+
+CREATE TRIGGER _200_write_outbox AFTER INSERT OR DELETE OR UPDATE ON public.reviews FOR EACH ROW EXECUTE FUNCTION public.tg_reviews__write_outbox();
+
+ALTER TABLE ONLY public.dead_jobs
+    ADD CONSTRAINT dead_jobs_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.jobs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.product_ratings
+    ADD CONSTRAINT product_ratings_product_id_fkey FOREIGN KEY (product_id) REFERENCES public.products(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.reviews
+    ADD CONSTRAINT reviews_product_id_fkey FOREIGN KEY (product_id) REFERENCES public.products(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
+

@@ -1,0 +1,96 @@
+//! The queue's Lua scripts: each runs atomically in Redis and declares every key it touches
+//! (all under the one hash tag, so a cluster runs each on one node).
+
+/// Adds job ids that the queue does not hold yet; returns how many were added. ARGV: job id
+/// and delay pairs; a job with a delay (in ms of Redis's clock) goes to the delayed set.
+pub const ENQUEUE: &str = r"
+local now_ms
+local added = 0
+for i = 1, #ARGV, 2 do
+  local id, delay = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('SADD', KEYS[2], id) == 1 then
+    if delay > 0 then
+      if not now_ms then
+        local t = redis.call('TIME')
+        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('ZADD', KEYS[3], now_ms + delay, id)
+    else
+      redis.call('XADD', KEYS[1], '*', 'job', id)
+    end
+    added = added + 1
+  end
+end
+return added";
+
+/// Acknowledges deliveries and forgets their jobs (they finished or died). ARGV: the group,
+/// then entry id and job id pairs.
+pub const FINISH: &str = r"
+local entries, jobs = {}, {}
+for i = 2, #ARGV, 2 do
+  entries[#entries + 1] = ARGV[i]
+  jobs[#jobs + 1] = ARGV[i + 1]
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
+redis.call('SREM', KEYS[2], unpack(jobs))
+return #entries";
+
+/// Acknowledges a delivery and schedules the job again after ARGV[4] ms of Redis's clock.
+pub const RETRY: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1";
+
+/// Acknowledges a delivery and puts the job back at the end of the stream for another
+/// runner (this one is shutting down), if consumer ARGV[4] still owns it: a lease another
+/// runner took over stays that runner's. Returns 1 when handed back.
+pub const HAND_BACK: &str = r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if not (pending[1] and pending[1][2] == ARGV[4]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
+return 1";
+
+/// Moves due retries into the stream. Returns {moved, ms until the next one or -1}.
+pub const PROMOTE: &str = r"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('XADD', KEYS[2], '*', 'job', id)
+end
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if next_due[2] then wait = math.max(0, tonumber(next_due[2]) - now_ms) end
+return {#due, wait}";
+
+/// Renews the leases of the entries ARGV[3..] that consumer ARGV[2] of group ARGV[1] still
+/// owns (their idle time restarts). Returns the entries it no longer owns: another runner
+/// took them over while this one stalled, and they stay that runner's.
+pub const HEARTBEAT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost";
+
+/// Acknowledges and deletes stream entries that carry no job id (nothing can run them).
+/// ARGV: the group, then the entry ids.
+pub const DISCARD: &str = r"
+local entries = {}
+for i = 2, #ARGV do entries[#entries + 1] = ARGV[i] end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
+return #entries";
