@@ -15,8 +15,9 @@ pub struct Backoff {
 impl Backoff {
     /// The first wait after a failure: short, so a blip heals at once.
     pub const FIRST: Duration = Duration::from_millis(100);
-    /// The longest wait: an outage is retried at least this often.
-    pub const CAP: Duration = Duration::from_secs(10);
+    /// The longest wait: an outage is retried at least this often, so a dependency that
+    /// comes back is used again within this (a reconnect attempt costs little).
+    pub const CAP: Duration = Duration::from_secs(2);
 
     /// The backoff of reconnecting loops (the listener, the relay, the runner's reader, the
     /// live feed): [`Backoff::FIRST`] doubling up to [`Backoff::CAP`].

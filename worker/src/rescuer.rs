@@ -5,18 +5,19 @@
 //!   holds and still owns (their idle time restarts, on Redis's clock). A lease another
 //!   runner took over while this one stalled stays that runner's: this one forgets it, and
 //!   the job's fencing token keeps this runner's outcome from being recorded.
-//! - Take-back: every half lease, it claims deliveries idle longer than the lease (their
-//!   runner died or stalled) and runs them here, through the executor. It scans the pending
-//!   list from where its last scan stopped, so expired leases behind live ones are reached.
-//!   It waits for a free slot rather than skipping a round: an idle runner's reader holds
-//!   every free slot while it blocks on the stream, so skipping would leave a dead worker's
-//!   jobs until new work arrives.
+//! - Take-back: the runner's reader, before it reads new work with the slots it holds, has
+//!   the rescuer claim deliveries idle longer than the lease (their runner died or stalled)
+//!   with those slots, and runs them through the executor; it does so every half lease and
+//!   again at once while each scan fills every slot. The scan goes on from where the last
+//!   one stopped, so expired leases behind live ones are reached. The slots are the
+//!   reader's: a rescuer of its own waited for a slot the blocked reader held, and took
+//!   back one job per half lease.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, Held};
@@ -57,51 +58,40 @@ impl Rescuer {
         }
     }
 
-    /// Takes back expired leases until `stop`; the jobs it starts run in the executor's
-    /// tracker, like the reader's.
-    pub async fn take_back(self: Arc<Self>, slots: Arc<Semaphore>, stop: CancellationToken) {
-        let mut cursor = String::from("0-0");
-        let mut tick = tokio::time::interval(self.lease / 2);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            // The semaphore is fair: this gets the next slot the reader lets go.
-            let first = tokio::select! {
-                _ = stop.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
-            };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            match self
-                .queue
-                .take_back_expired(&self.consumer, self.lease, permits.len(), &mut cursor)
-                .await
-            {
-                Ok(taken) => {
-                    permits.truncate(taken.len());
-                    for delivery in &taken {
-                        self.executor
-                            .stats
-                            .taken_back
-                            .fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("lease_takebacks_total").increment(1);
-                        tracing::warn!(
-                            job.id = delivery.job_id,
-                            "took back a job whose lease expired"
-                        );
-                    }
-                    // Stopping means no new work, taken back or read.
-                    if !taken.is_empty() && !stop.is_cancelled() {
-                        self.executor.spawn_batch(taken, permits);
-                    }
+    /// Takes over at most `permits.len()` expired leases and starts their jobs with as many
+    /// of the permits; returns the permits left.
+    pub async fn take_back(
+        &self,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        cursor: &mut String,
+    ) -> Vec<OwnedSemaphorePermit> {
+        let wanted = permits.len();
+        match self
+            .queue
+            .take_back_expired(&self.consumer, self.lease, wanted, cursor)
+            .await
+        {
+            Ok(taken) if !taken.is_empty() => {
+                for delivery in &taken {
+                    self.executor
+                        .stats
+                        .taken_back
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("lease_takebacks_total").increment(1);
+                    tracing::warn!(
+                        job.id = delivery.job_id,
+                        "took back a job whose lease expired"
+                    );
                 }
-                Err(error) if is_missing_group(&error) => {}
-                Err(error) => tracing::warn!(error = %error, "taking back expired leases failed"),
+                let rest = permits.split_off(taken.len());
+                self.executor.spawn_batch(taken, permits);
+                rest
+            }
+            Ok(_) => permits,
+            Err(error) if is_missing_group(&error) => permits,
+            Err(error) => {
+                tracing::warn!(error = %error, "taking back expired leases failed");
+                permits
             }
         }
     }

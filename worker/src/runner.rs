@@ -116,12 +116,10 @@ impl Runner {
         // Heartbeats go on until every held job is settled or handed back.
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = tokio::spawn(rescuer.clone().heartbeat(stop_heartbeat.clone()));
-        let taking_back = tokio::spawn(rescuer.take_back(slots.clone(), shutdown.clone()));
         let promoting = tokio::spawn(promoter.run(shutdown.clone()));
-        self.read_loop(&slots, &shutdown).await;
+        self.read_loop(&slots, &rescuer, &shutdown).await;
 
         // Shutdown: no new reads or take-backs; running jobs may finish within the grace.
-        let _ = taking_back.await;
         let _ = promoting.await;
         let tasks = &self.executor.tasks;
         tasks.close();
@@ -140,15 +138,33 @@ impl Runner {
         tracing::info!("runner stopped");
     }
 
-    async fn read_loop(&self, slots: &Arc<Semaphore>, shutdown: &CancellationToken) {
+    async fn read_loop(
+        &self,
+        slots: &Arc<Semaphore>,
+        rescuer: &Rescuer,
+        shutdown: &CancellationToken,
+    ) {
         let mut backoff = Backoff::reconnecting();
         let mut connection = None;
+        // Take-back: every half lease, and again at once while a scan fills every slot.
+        let take_back_every = self.settings.lease / 2;
+        let mut next_take_back = tokio::time::Instant::now();
+        let mut take_back_cursor = String::from("0-0");
+        // A read blocks at most half a lease, so take-back comes round at least that often.
+        let read_block = READ_BLOCK.min(take_back_every);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore closed"),
             };
             let mut permits = self.gather_slots(slots, first).await;
+            if tokio::time::Instant::now() >= next_take_back {
+                permits = rescuer.take_back(permits, &mut take_back_cursor).await;
+                if permits.is_empty() {
+                    continue; // every slot took a job back: there may be more
+                }
+                next_take_back = tokio::time::Instant::now() + take_back_every;
+            }
             if connection.is_none() {
                 match self.queue.blocking_connection().await {
                     Ok(conn) => connection = Some(conn),
@@ -161,7 +177,7 @@ impl Runner {
             let conn = connection.as_mut().expect("connected above");
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                read = self.queue.read(conn, &self.consumer, permits.len(), READ_BLOCK) => read,
+                read = self.queue.read(conn, &self.consumer, permits.len(), read_block) => read,
             };
             match read {
                 Ok(deliveries) => {
