@@ -265,7 +265,8 @@ ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 CREATE TABLE public.outbox_pending (
-    id bigint NOT NULL
+    id bigint NOT NULL,
+    webhooks boolean DEFAULT true NOT NULL
 );
 
 CREATE TABLE public.product_ratings (
@@ -360,8 +361,11 @@ CREATE TABLE public.webhooks (
     disabled_reason text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    previous_secret text,
+    previous_secret_expires_at timestamp with time zone,
     CONSTRAINT webhooks_description_length CHECK ((char_length(description) <= 500)),
     CONSTRAINT webhooks_event_types_known CHECK (((cardinality(event_types) > 0) AND (event_types <@ ARRAY['review.created'::text, 'review.updated'::text, 'review.deleted'::text]))),
+    CONSTRAINT webhooks_previous_secret_expires CHECK (((previous_secret IS NULL) = (previous_secret_expires_at IS NULL))),
     CONSTRAINT webhooks_url_length CHECK (((char_length(url) >= 1) AND (char_length(url) <= 2000)))
 );
 

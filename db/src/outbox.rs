@@ -19,8 +19,10 @@ pub struct RelayedBatch {
 }
 
 /// The relay's statement for these job kinds: each `(name, from_events)` pair names a kind
-/// and the `select` that makes its jobs from the claimed events (see the worker's
-/// `JobKind::FROM_EVENTS`). Built once per worker; run by [`relay_pending_events`].
+/// and the `select` that makes its jobs from the claimed events, `claimed c` (see the
+/// worker's `JobKind::FROM_EVENTS`): the outbox rows, and whether their webhooks are
+/// delivered (`c.webhooks`, false for a replay without --webhooks). Built once per worker;
+/// run by [`relay_pending_events`].
 ///
 /// It claims up to `$1` pending events (skipping rows other workers hold), creates the jobs
 /// every kind makes of them, and takes the events off `outbox_pending`, all in one statement
@@ -53,10 +55,10 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                                      order by id
                                      limit $1
                                      for update skip locked))
-             returning id
+             returning id, webhooks
          ), claimed as (
              select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
-                    o.actor_id, o.request_id, o.occurred_at
+                    o.actor_id, o.request_id, o.occurred_at, r.webhooks
              from outbox o
              join relayed r on r.id = o.id
          ), inserted as (

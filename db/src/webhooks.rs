@@ -1,4 +1,8 @@
 //! The `webhooks` and `webhook_deliveries` tables.
+//!
+//! Endpoints are read without their secrets ([`Webhook`]): the API sets a secret (when it
+//! creates or rotates one) but never reads it back, and its database role may not. Only the
+//! worker reads them, to sign ([`signing_endpoint`]).
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
@@ -13,11 +17,12 @@ pub struct Webhook {
     pub url: String,
     pub event_types: Vec<String>,
     pub description: String,
-    pub secret: String,
     pub paused: bool,
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Until when a rotated-out secret signs beside the current one.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<&Row> for Webhook {
@@ -27,17 +32,22 @@ impl From<&Row> for Webhook {
             url: row.get("url"),
             event_types: row.get("event_types"),
             description: row.get("description"),
-            secret: row.get("secret"),
             paused: row.get("paused"),
             disabled_at: row.get("disabled_at"),
             disabled_reason: row.get("disabled_reason"),
             created_at: row.get("created_at"),
+            previous_secret_expires_at: row.get("previous_secret_expires_at"),
         }
     }
 }
 
 const COLUMNS: &str =
-    "id, url, event_types, description, secret, paused, disabled_at, disabled_reason, created_at";
+    "id, url, event_types, description, paused, disabled_at, disabled_reason, created_at,
+     previous_secret_expires_at";
+
+/// How long a rotated secret goes on signing beside the new one, so that receivers can
+/// switch without failing a delivery.
+pub const SECRET_OVERLAP_HOURS: i32 = 24;
 
 pub async fn insert_webhook<C: AsClient>(
     db: &Sql<C>,
@@ -64,6 +74,7 @@ pub struct WebhookPatch<'a> {
     pub event_types: Option<&'a [String]>,
     pub description: Option<&'a str>,
     pub paused: Option<bool>,
+    /// A new secret; the old one signs beside it for [`SECRET_OVERLAP_HOURS`].
     pub secret: Option<&'a str>,
 }
 
@@ -78,6 +89,9 @@ pub async fn update_webhook<C: AsClient>(
              event_types = coalesce($3, event_types),
              description = coalesce($4, description),
              paused = coalesce($5, paused),
+             previous_secret = case when $6::text is null then previous_secret else secret end,
+             previous_secret_expires_at = case when $6::text is null then previous_secret_expires_at
+                 else now() + make_interval(hours => $7) end,
              secret = coalesce($6, secret),
              disabled_at = case when $5 = false then null else disabled_at end,
              disabled_reason = case when $5 = false then null else disabled_reason end,
@@ -95,6 +109,7 @@ pub async fn update_webhook<C: AsClient>(
                 &patch.description,
                 &patch.paused,
                 &patch.secret,
+                &SECRET_OVERLAP_HOURS,
             ],
         )
         .await?;
@@ -118,6 +133,39 @@ pub async fn webhook_by_id<C: AsClient>(
         .await?
         .as_ref()
         .map(Webhook::from))
+}
+
+/// An endpoint as a delivery needs it: where, whether it takes deliveries, and the secrets
+/// to sign with (the current one first, then a rotated one still in its overlap).
+#[derive(Debug, Clone)]
+pub struct SigningEndpoint {
+    pub id: Uuid,
+    pub url: String,
+    pub active: bool,
+    pub secrets: Vec<String>,
+}
+
+/// The worker's view of an endpoint, secrets included.
+pub async fn signing_endpoint<C: AsClient>(
+    db: &Sql<C>,
+    id: Uuid,
+) -> Result<Option<SigningEndpoint>, StoreError> {
+    let row = db
+        .query_opt(
+            "select id, url, not paused and disabled_at is null as active,
+                    array_remove(array[secret,
+                        case when previous_secret_expires_at > now() then previous_secret end],
+                        null) as secrets
+             from webhooks where id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|row| SigningEndpoint {
+        id: row.get("id"),
+        url: row.get("url"),
+        active: row.get("active"),
+        secrets: row.get("secrets"),
+    }))
 }
 
 pub async fn list_webhooks<C: AsClient>(db: &Sql<C>) -> Result<Vec<Webhook>, StoreError> {

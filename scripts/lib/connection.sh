@@ -19,6 +19,15 @@ reviews_psql() {
         psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 "${target[@]}" "$@"
 }
 
+# Runs one SQL text (the last argument) with psql's other arguments before it. The text goes
+# through stdin, where psql interpolates variables (`--set=name=value`, written :'name' in the
+# SQL, quoted by psql for the server): values never need pasting into SQL text.
+# (`psql --command` sends its text as it is, without interpolating.)
+reviews_sql() {
+    local sql="${*: -1}"
+    reviews_psql "${@:1:$#-1}" <<<"$sql"
+}
+
 # Where the scripts think the database is, for messages (never includes a password).
 reviews_db_description() {
     if [[ -n "${DATABASE_URL:-}" ]]; then
@@ -37,11 +46,15 @@ require_psql() {
     command -v psql >/dev/null || die "psql is not installed (Debian: apt-get install postgresql-client)"
 }
 
-# Fails with a clear message when the database does not answer.
+# Fails with a clear message when the database does not answer, with psql's reason (a
+# missing database is not a dead server).
 require_database() {
     require_psql
-    reviews_psql --tuples-only --command='select 1' >/dev/null 2>&1 \
-        || die "cannot reach the database at $(reviews_db_description); check DATABASE_URL or DB_HOST/DB_PORT/DB_USER/DB_NAME"
+    local reason
+    if ! reason="$(reviews_psql --tuples-only --command='select 1' 2>&1 >/dev/null)"; then
+        reason="$(sed -n 's/^psql: //; s/^error: //; /./{p;q}' <<<"$reason")"
+        die "cannot reach the database at $(reviews_db_description): ${reason:-no answer}; check DATABASE_URL or DB_HOST/DB_PORT/DB_USER/DB_NAME"
+    fi
 }
 
 # Converts a duration like 500ms, 2s, 5m, 1h, 7d to milliseconds; fails on anything else.

@@ -15,3 +15,16 @@ pub mod telemetry;
 
 pub use backoff::Backoff;
 pub use telemetry::LogFormat;
+
+/// A binary's exit: 0, or 1 after printing the error and its causes on one line. Never a
+/// backtrace (`main` returning the error would print one when `RUST_BACKTRACE` is set,
+/// burying a configuration error's one clear line under 30 frames).
+pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

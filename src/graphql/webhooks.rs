@@ -49,6 +49,14 @@ impl Webhook {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+    /// After `rotateSecret`, until when the previous secret goes on signing beside the new one
+    /// (24 hours: deliveries carry both signatures, so receivers can switch without failing
+    /// one); null when no previous secret signs.
+    async fn previous_secret_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0
+            .previous_secret_expires_at
+            .filter(|expires| *expires > Utc::now())
+    }
 }
 
 /// A new endpoint and its signing secret (`whsec_…`), shown this once.
@@ -93,7 +101,8 @@ pub struct UpdateWebhookInput {
     description: Option<String>,
     /// Pause (true) or resume (false).
     paused: Option<bool>,
-    /// Issue a new signing secret (returned once).
+    /// Issue a new signing secret (returned once). The previous one goes on signing beside it
+    /// for 24 hours (`previousSecretExpiresAt`).
     #[graphql(default)]
     rotate_secret: bool,
 }

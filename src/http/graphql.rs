@@ -14,6 +14,7 @@ use std::time::Instant;
 use async_graphql::parser::types::OperationType;
 use async_graphql::ErrorExtensions;
 use bytes::Bytes;
+use tracing::Instrument;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -141,6 +142,16 @@ async fn execute(
         );
     }
     let auth = Auth::from_header(&state.keys, caller.authorization.as_deref());
+    if let Auth::Invalid(reason) = &auth {
+        // A token that was sent must be valid, whatever the operation: a forged or expired
+        // one is not the same as none, even on an open read.
+        let mut response = refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, reason);
+        response.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        return response;
+    }
     let mut request = request;
     let operation_name = request.operation_name.clone();
     let facts = state
@@ -187,8 +198,14 @@ async fn execute(
         _ => String::new(),
     };
     let request = request_data(request, &state.db, auth, request_id.clone());
-    let executed =
-        tokio::time::timeout(state.limits.request_timeout, state.schema.execute(request)).await;
+    // Every line logged while it runs (an internal error's detail, for one) carries the
+    // request id, so a client's report can be matched with it.
+    let span = tracing::info_span!("graphql", request.id = %request_id.0);
+    let executed = tokio::time::timeout(
+        state.limits.request_timeout,
+        state.schema.execute(request).instrument(span),
+    )
+    .await;
     let Ok(mut response) = executed else {
         tracing::warn!(request.id = %request_id.0, "graphql request timed out");
         let message = format!(
@@ -214,6 +231,9 @@ async fn execute(
         // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
         // types, limits) are the client's: give them the input code so every error has one.
         let code = code.unwrap_or(ErrorCode::BadUserInput);
+        if let Some(message) = limit_message(&error.message, &state.limits) {
+            error.message = message;
+        }
         let request_id = request_id.0.clone();
         let extended = async_graphql::Error::new(error.message.clone()).extend_with(|_, e| {
             e.set("code", code.as_str());
@@ -243,6 +263,22 @@ async fn execute(
     let mut reply = warp::reply::json(&response).into_response();
     set_request_id(&mut reply, &request_id);
     reply
+}
+
+/// async-graphql's refusals of a query over a limit, said with the limit and its setting.
+fn limit_message(message: &str, limits: &crate::config::Limits) -> Option<String> {
+    match message {
+        "Query is nested too deep." => Some(format!(
+            "query is nested too deep: at most {} levels (GRAPHQL_MAX_DEPTH)",
+            limits.max_depth
+        )),
+        "Query is too complex." => Some(format!(
+            "query is too complex: at most {} (GRAPHQL_MAX_COMPLEXITY; a list counts `first` \
+             times its fields)",
+            limits.max_complexity
+        )),
+        _ => None,
+    }
 }
 
 /// `GET /graphql` with a websocket upgrade: subscriptions. A token may come in the

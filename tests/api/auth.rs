@@ -140,13 +140,18 @@ async fn the_token_command_mints_a_token_the_api_accepts() {
 
 #[tokio::test]
 async fn the_api_refuses_to_start_without_a_secret_and_names_the_variable() {
+    // Even where Rust developers set RUST_BACKTRACE: one clear line, not 30 frames.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_reviews-api"))
         .env_remove("AUTH_JWT_SECRET")
         .env("API_ADDR", "127.0.0.1:0")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("AUTH_JWT_SECRET"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTH_JWT_SECRET"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 #[tokio::test]
@@ -188,4 +193,44 @@ async fn help_documents_every_variable() {
     ] {
         assert!(help.contains(name), "--help lacks {name}");
     }
+}
+
+/// A token that was sent must be valid whatever the operation: a forged one on an open read
+/// is refused (401, UNAUTHENTICATED), not ignored.
+#[tokio::test]
+async fn a_forged_or_expired_token_is_refused_even_on_an_open_read() {
+    let app = TestApp::spawn().await;
+    let claims = |exp: u64| json!({"sub": "alice", "role": "user", "exp": exp});
+    let sign = |secret: &[u8], claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    let read = "{ products(first: 1) { edges { cursor } } }";
+    let forged = sign(b"some-other-secret-some-other-secret", claims(now() + 3600));
+    let expired = sign(app.secret.as_bytes(), claims(now() - 3600));
+    for token in [forged.as_str(), expired.as_str(), "abc.def"] {
+        let response = app
+            .http
+            .post(app.url("/graphql"))
+            .bearer_auth(token)
+            .json(&json!({"query": read}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{token}");
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+        assert!(body.get("data").is_none(), "no data for a refused request");
+    }
+    // Without a token, the read is open.
+    let open = app.graphql(read, json!({})).await;
+    assert!(open["errors"].is_null(), "{open}");
 }

@@ -151,3 +151,71 @@ async fn metrics_count_requests_and_graphql_errors_by_code() {
         );
     }
 }
+
+/// An internal error's detail is logged on one line with the request's id (text and JSON
+/// alike), so a client's report (`extensions.requestId`) finds it.
+#[tokio::test]
+async fn an_internal_errors_log_line_carries_its_detail_and_the_request_id() {
+    for format in ["json", "text"] {
+        let database = TestDatabase::create().await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut api = std::process::Command::new(env!("CARGO_BIN_EXE_reviews-api"))
+            .env("DATABASE_URL", database.url())
+            .env("API_ADDR", format!("127.0.0.1:{port}"))
+            .env("AUTH_JWT_SECRET", TestApp::new_secret())
+            .env("LOG_FORMAT", format)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/graphql");
+        for _ in 0..100 {
+            if http
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        database
+            .client()
+            .await
+            .batch_execute("alter table reviews rename to reviews_gone")
+            .await
+            .unwrap();
+        let body: Value = http
+            .post(&url)
+            .header("x-request-id", "trace-the-detail")
+            .json(&json!({"query": "{ reviews(productId: \"00000000-0000-4000-8000-000000000001\") { edges { cursor } } }"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(error_code(&body), "INTERNAL");
+        let _ = api.kill();
+        let output = api.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        let line = log
+            .lines()
+            .find(|line| line.contains("internal error") && line.contains("ERROR"))
+            .unwrap_or_else(|| panic!("no internal error line in the {format} log:\n{log}"));
+        assert!(
+            line.contains("trace-the-detail"),
+            "the {format} line lacks the request id: {line}"
+        );
+        assert!(
+            line.contains("reviews") && line.contains("does not exist"),
+            "the {format} line lacks the detail: {line}"
+        );
+    }
+}

@@ -191,7 +191,7 @@ async fn deep_complex_aliased_and_directive_heavy_queries_are_refused() {
     let product = app.create_product("owner", "Kettle").await;
     let deep = format!(
         "{{ product(id: \"{product}\") {{ {} id {} }} }}",
-        "reviews { edges { node { product {".repeat(4),
+        "reviews(first: 1) { edges { node { product {".repeat(4),
         "} } } }".repeat(4)
     );
     let complex = "{ products(first: 100) { edges { node { reviews(first: 100) { edges { node { id title } } } } } } }";
@@ -206,14 +206,32 @@ async fn deep_complex_aliased_and_directive_heavy_queries_are_refused() {
         "{{ products {} {{ edges {{ cursor }} }} }}",
         "@include(if: true) ".repeat(20)
     );
-    for (query, why) in [
-        (deep.as_str(), "depth"),
-        (complex, "complexity"),
-        (aliases.as_str(), "aliases"),
-        (directives.as_str(), "directives"),
+    for (query, why, says) in [
+        (
+            deep.as_str(),
+            "depth",
+            "query is nested too deep: at most 12 levels (GRAPHQL_MAX_DEPTH)",
+        ),
+        (
+            complex,
+            "complexity",
+            "query is too complex: at most 5000 (GRAPHQL_MAX_COMPLEXITY",
+        ),
+        (
+            aliases.as_str(),
+            "aliases",
+            "too many aliases: 1000 (at most 30)",
+        ),
+        (directives.as_str(), "directives", "directive"),
     ] {
         let response = app.graphql_with(None, query, json!({})).await;
         assert_eq!(error_code(&response), "BAD_USER_INPUT", "{why}: {response}");
+        // Each refusal says the limit it hit, and the setting that moves it.
+        assert!(
+            error_message(&response).contains(says),
+            "{why}: {}",
+            error_message(&response)
+        );
     }
 }
 

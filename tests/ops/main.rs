@@ -95,7 +95,27 @@ async fn an_unreachable_database_gets_a_clear_message() {
     .output()
     .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the database"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the database"), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "psql's reason: {stderr}"
+    );
+
+    // A server that answers, without the database: it says so, not "unreachable" alone.
+    let ops = Ops::new().await;
+    let mut url = ops.database.url();
+    url.push_str("_missing");
+    let output = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/outbox-status"
+    ))
+    .env("DATABASE_URL", url)
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
 #[tokio::test]
@@ -154,6 +174,12 @@ async fn dead_jobs_can_be_listed_shown_replayed_once_and_discarded() {
             .unwrap());
     }
 
+    // A kind no job has is refused, with the kinds there are (not an empty table).
+    let refused = ops.refused("dead-jobs", &["list", "--kind", "nope"]);
+    assert!(
+        refused.contains("unknown job kind 'nope'") && refused.contains("notify_owner"),
+        "{refused}"
+    );
     let list = ops.ok("dead-jobs", &["list"]);
     assert!(
         list.contains("notify_owner") && list.contains("recompute_rating"),
@@ -600,4 +626,67 @@ async fn the_application_role_may_read_and_write_data_but_is_refused_ddl() {
         .batch_execute(&format!("drop role {app}; drop role {owner}"))
         .await
         .unwrap();
+}
+
+/// Every value an ops script takes reaches SQL as a psql variable: quotes and backslashes in
+/// it cannot end a literal, even with `standard_conforming_strings` turned off (where a
+/// backslash escapes a quote, which doubling quotes does not guard against).
+#[tokio::test]
+async fn values_given_to_the_ops_scripts_never_become_sql() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    let hostile = [
+        r"\'; drop table reviews; --",
+        "'; drop table reviews; --",
+        "1h' or true or '",
+    ];
+    for value in hostile {
+        for (script, args) in [
+            ("dead-jobs", vec!["list", "--since", value]),
+            ("dead-jobs", vec!["list", "--kind", value]),
+            ("replay-events", vec!["--since", value]),
+            ("retry-policy", vec!["show", value]),
+        ] {
+            let output =
+                Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/").to_owned() + script)
+                    .args(&args)
+                    .env("DATABASE_URL", ops.database.url())
+                    .env("PGOPTIONS", "-c standard_conforming_strings=off")
+                    .output()
+                    .unwrap();
+            assert!(
+                !output.status.success(),
+                "{script} {args:?} accepted a hostile value"
+            );
+        }
+    }
+    assert_eq!(
+        ops.count("select count(*) from reviews").await,
+        3,
+        "nothing dropped"
+    );
+}
+
+/// README.md's own commands ("Try it", the journey's lines, the ops walkthrough) run as
+/// written against a stack scripts/dev starts (a private one: its own folder, database, Redis
+/// prefix and ports): the front door cannot drift from the house.
+#[test]
+fn the_readme_commands_work_as_written() {
+    let output = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/readme/run_readme.py"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
+    for part in ["Try it", "One review's journey", "Break a job on purpose"] {
+        assert!(said.contains(&format!("README: {part}")), "{said}");
+    }
 }

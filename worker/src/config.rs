@@ -64,6 +64,26 @@ pub struct WorkerArgs {
     pub log_format: LogFormat,
 }
 
+impl WorkerArgs {
+    /// Checks the settings against each other; the message names the variables.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.tuning.validate()?;
+        anyhow::ensure!(
+            self.webhooks.timeout < self.tuning.job_timeout,
+            "WEBHOOK_TIMEOUT ({:?}) must be shorter than JOB_TIMEOUT ({:?}): a delivery must end before its job times out",
+            self.webhooks.timeout,
+            self.tuning.job_timeout
+        );
+        anyhow::ensure!(
+            self.webhooks.connect_timeout <= self.webhooks.timeout,
+            "WEBHOOK_CONNECT_TIMEOUT ({:?}) must not be longer than WEBHOOK_TIMEOUT ({:?})",
+            self.webhooks.connect_timeout,
+            self.webhooks.timeout
+        );
+        Ok(())
+    }
+}
+
 /// Where Redis is. `REDIS_URL` wins; otherwise the `REDIS_*` parts are used.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
@@ -291,6 +311,27 @@ mod tests {
             Duration::from_millis(250)
         );
         cli.run.tuning.validate().unwrap();
+    }
+
+    #[test]
+    fn a_webhook_timeout_not_shorter_than_the_job_timeout_is_refused() {
+        let cli = parse(&["--webhook-timeout", "30s"]).unwrap();
+        let message = cli.run.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("WEBHOOK_TIMEOUT (30s) must be shorter than JOB_TIMEOUT (20s)"),
+            "{message}"
+        );
+        let cli = parse(&[
+            "--webhook-timeout",
+            "30s",
+            "--job-timeout",
+            "40s",
+            "--job-lease",
+            "60s",
+        ])
+        .unwrap();
+        cli.run.validate().unwrap();
+        parse(&[]).unwrap().run.validate().unwrap();
     }
 
     #[test]

@@ -81,8 +81,8 @@ pub async fn start(
     registry: JobRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Worker> {
+    args.validate()?;
     let tuning = &args.tuning;
-    tuning.validate()?;
     let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
     let queue = Arc::new(
         JobQueue::new(&args.redis.url(), &args.redis.redis_prefix)

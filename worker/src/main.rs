@@ -6,8 +6,12 @@ use reviews_worker::config::{Cli, Command};
 use reviews_worker::jobs::ledger::FileLedger;
 use reviews_worker::jobs::JobRegistry;
 
+fn main() -> std::process::ExitCode {
+    reviews_service::exit_with(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,

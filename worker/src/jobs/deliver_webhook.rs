@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use reviews_db::webhooks::{disable_webhook, record_delivery, webhook_by_id, NewDelivery};
+use reviews_db::webhooks::{disable_webhook, record_delivery, signing_endpoint, NewDelivery};
 use reviews_db::Db;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -44,6 +44,7 @@ pub struct Payload {
     pub occurred_at: Value,
     /// The outbox row's `{"old": …, "new": …}`.
     pub data: Value,
+    pub actor_id: Option<String>,
     pub request_id: Option<String>,
 }
 
@@ -72,7 +73,8 @@ impl JobKind for DeliverWebhook {
         jitter: 0.3,
     };
     const IN_BATCHES: bool = false;
-    // One job per event and endpoint that wants its type and is neither paused nor disabled.
+    // One job per event and endpoint that wants its type, is neither paused nor disabled,
+    // and was registered before the event occurred; none for a replay without --webhooks.
     const FROM_EVENTS: &'static str = "
         select c.event_id, null::text,
                jsonb_build_object(
@@ -81,11 +83,13 @@ impl JobKind for DeliverWebhook {
                    'event_type', c.event_type,
                    'occurred_at', c.occurred_at,
                    'data', c.payload,
+                   'actor_id', c.actor_id,
                    'request_id', c.request_id),
                now()
         from claimed c
         join webhooks w on c.event_type = any (w.event_types)
-        where not w.paused and w.disabled_at is null";
+        where c.webhooks and not w.paused and w.disabled_at is null
+          and w.created_at <= c.occurred_at";
 
     /// Delivers each job's event (the runner passes one job per call).
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
@@ -209,9 +213,9 @@ impl Sender {
         let p = &job.payload;
         let webhook = {
             let conn = db.conn().await?;
-            webhook_by_id(&conn, p.webhook_id).await?
+            signing_endpoint(&conn, p.webhook_id).await?
         };
-        let Some(webhook) = webhook.filter(|w| !w.paused && w.disabled_at.is_none()) else {
+        let Some(webhook) = webhook.filter(|w| w.active) else {
             tracing::info!(webhook.id = %p.webhook_id, "endpoint deleted, paused or disabled; delivery skipped");
             return Ok(());
         };
@@ -224,7 +228,7 @@ impl Sender {
         };
 
         let started = Instant::now();
-        let outcome = self.post(&webhook.url, &webhook.secret, p).await;
+        let outcome = self.post(&webhook.url, &webhook.secrets, p).await;
         let duration_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let (status, error) = match &outcome {
             Ok(response) => (Some(i32::from(response.status)), None),
@@ -279,7 +283,13 @@ impl Sender {
         }
     }
 
-    async fn post(&self, url: &str, secret: &str, p: &Payload) -> Result<Response, DeliveryError> {
+    /// Posts the event, signed with each of `secrets` (several during a rotation's overlap).
+    async fn post(
+        &self,
+        url: &str,
+        secrets: &[String],
+        p: &Payload,
+    ) -> Result<Response, DeliveryError> {
         let url = reqwest::Url::parse(url)
             .map_err(|e| DeliveryError::Refused(format!("invalid URL: {e}")))?;
         let (host, address) = self
@@ -295,7 +305,12 @@ impl Sender {
         .map_err(|e| DeliveryError::Refused(format!("cannot encode the event: {e}")))?;
         let id = p.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = sign(secret, &id, timestamp, &body).map_err(DeliveryError::Refused)?;
+        let signature = secrets
+            .iter()
+            .map(|secret| sign(secret, &id, timestamp, &body))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DeliveryError::Refused)?
+            .join(" ");
         let client = reqwest::Client::builder()
             .connect_timeout(self.settings.connect_timeout)
             .timeout(self.settings.timeout)

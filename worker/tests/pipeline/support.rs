@@ -121,7 +121,13 @@ impl TestPipeline {
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
             },
-            webhooks: Default::default(),
+            // What start() checks against the job timeout; the tests' webhook deliveries use
+            // the settings their registry was given.
+            webhooks: reviews_worker::config::WebhookSettings {
+                timeout: Duration::from_millis(500),
+                connect_timeout: Duration::from_millis(250),
+                ..Default::default()
+            },
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             run_ledger: None,
             log_format: LogFormat::Text,

@@ -513,3 +513,129 @@ async fn a_redirect_is_not_followed_and_an_endless_response_is_not_read_to_its_e
         "{recorded:?}"
     );
 }
+
+/// After `rotateSecret` the old secret keeps signing beside the new one for the overlap, so
+/// receivers holding either verify; once the overlap is over, only the new one signs.
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_until_its_overlap_ends() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let receiver = Receiver::start().await;
+    let (id, old) = register(&p, &receiver.url(), &["review.created"]).await;
+    let new = format!("whsec_{}", base64_of(Uuid::new_v4().as_bytes()));
+    let conn = p.db.conn().await.unwrap();
+    let rotate = reviews_db::webhooks::WebhookPatch {
+        secret: Some(&new),
+        ..Default::default()
+    };
+    reviews_db::webhooks::update_webhook(&conn, id, &rotate)
+        .await
+        .unwrap();
+    let worker = p
+        .start_worker_with(p.args(), handlers(Duration::from_secs(5)))
+        .await;
+    p.add_reviews(product, authors("during", 1)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    let during = receiver.all();
+    assert_eq!(during.len(), 1);
+    assert_eq!(
+        during[0].signature.split(' ').count(),
+        2,
+        "{}",
+        during[0].signature
+    );
+    assert!(python_verifies(&new, &during[0]), "the new secret verifies");
+    assert!(
+        python_verifies(&old, &during[0]),
+        "the old secret verifies during the overlap"
+    );
+
+    p.sql(&format!(
+        "update webhooks set previous_secret_expires_at = now() - interval '1 second' where id = '{id}'"
+    ))
+    .await;
+    p.add_reviews(product, authors("after", 1)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    let after = receiver.all().pop().unwrap();
+    assert_eq!(after.signature.split(' ').count(), 1);
+    assert!(python_verifies(&new, &after));
+    assert!(
+        !python_verifies(&old, &after),
+        "the old secret no longer signs"
+    );
+}
+
+/// Replaying events (scripts/replay-events) re-delivers their webhooks only when asked, and
+/// never to an endpoint registered after the event occurred.
+#[tokio::test]
+async fn replayed_events_deliver_webhooks_only_when_asked_and_never_to_later_endpoints() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let (early, late) = (Receiver::start().await, Receiver::start().await);
+    register(&p, &early.url(), &["review.created"]).await;
+    let worker = p
+        .start_worker_with(p.args(), handlers(Duration::from_secs(5)))
+        .await;
+    p.add_reviews(product, authors("r", 2)).await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    assert_eq!(early.count(), 2);
+    register(&p, &late.url(), &["review.created"]).await;
+
+    // Replayed to rebuild ratings: no webhook.
+    p.sql("insert into outbox_pending (id, webhooks) select id, false from outbox")
+        .await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    assert_eq!(
+        early.count(),
+        2,
+        "a replay without --webhooks sends nothing out"
+    );
+    // Replayed with --webhooks: to the endpoint that existed, not to the later one.
+    p.sql("insert into outbox_pending (id, webhooks) select id, true from outbox")
+        .await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(early.count(), 4);
+    assert_eq!(
+        late.count(),
+        0,
+        "never to an endpoint registered after the event"
+    );
+    // Each delivery names who acted (the job's span logs actor.id from it).
+    let actors: Vec<Option<String>> = p
+        .column("select payload->>'actor_id' from jobs where kind = 'deliver_webhook'")
+        .await;
+    assert!(!actors.is_empty());
+}
+
+#[test]
+fn the_verifier_says_why_a_mistyped_secret_is_invalid_instead_of_crashing() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/verify_webhook.py");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    for (secret, why) in [
+        ("whsec_not base64!", "mistyped?"),
+        (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "no signature matches",
+        ),
+    ] {
+        let mut child = Command::new("python3")
+            .args([script, secret, "msg", &now, "v1,abc"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"{}").unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with("invalid: "), "{stderr}");
+        assert!(!stderr.contains("Traceback"), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+}
