@@ -6,7 +6,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY db ./db
+COPY service ./service
 COPY worker ./worker
+COPY bench ./bench
 COPY tests ./tests
 COPY schema.graphql ./
 RUN cargo build --release --locked --bin reviews-api --bin reviews-worker
@@ -21,6 +23,8 @@ COPY scripts /opt/reviews/scripts
 COPY db/migrations /opt/reviews/db/migrations
 COPY db/ledger.sql /opt/reviews/db/ledger.sql
 USER 10001
-ENV API_ADDR=0.0.0.0:3000 LOG_FORMAT=json
+# Production unless told otherwise: no GraphiQL, no introspection, tokens with issuer and
+# audience (scripts/dev sets development explicitly).
+ENV API_ADDR=0.0.0.0:3000 LOG_FORMAT=json APP_ENV=production
 EXPOSE 3000 9101
 CMD ["reviews-api", "serve"]

@@ -1,6 +1,63 @@
 -- The schema db/migrations build, for reading at a glance (the migrations are the
 -- history). Written by scripts/dump-schema; a test fails when it differs from them.
 
+CREATE FUNCTION public.grant_app_privileges() RETURNS text
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_api name := nullif(current_setting('reviews.api_role', true), '');
+    v_worker name := nullif(current_setting('reviews.worker_role', true), '');
+    v_role name;
+    v_done text[] := '{}';
+begin
+    foreach v_role in array array_remove(array[v_api, v_worker], null) loop
+        continue when not exists (select 1 from pg_roles where rolname = v_role);
+        execute format('revoke all on all tables in schema public from %I', v_role);
+        execute format('revoke all on all sequences in schema public from %I', v_role);
+        execute format('revoke all on all functions in schema public from %I', v_role);
+        execute format('grant usage on schema public to %I', v_role);
+        v_done := v_done || v_role::text;
+    end loop;
+
+    if v_api = any (v_done) then
+        execute format($g$
+            grant select, insert on products to %1$I;
+            grant select, insert, update, delete on reviews to %1$I;
+            grant select on outbox, product_ratings, notifications, dead_jobs, retry_policies,
+                            webhook_deliveries to %1$I;
+            grant update (max_attempts, base_delay_ms, multiplier, max_delay_ms, jitter, updated_at)
+                on retry_policies to %1$I;
+            grant select (id, url, event_types, description, paused, disabled_at, disabled_reason,
+                          created_at, updated_at, previous_secret_expires_at) on webhooks to %1$I;
+            grant insert (url, event_types, description, secret) on webhooks to %1$I;
+            grant update (url, event_types, description, paused, secret, previous_secret,
+                          previous_secret_expires_at, disabled_at, disabled_reason, updated_at)
+                on webhooks to %1$I;
+            grant delete on webhooks to %1$I;
+            grant execute on function replay_dead_job(bigint), tg_reviews__write_outbox()
+                to %1$I;
+            $g$, v_api);
+    end if;
+
+    if v_worker = any (v_done) then
+        execute format($g$
+            grant select on products, reviews, outbox, webhooks to %1$I;
+            grant select, update, delete on outbox_pending to %1$I;
+            grant select, insert, update on jobs, product_ratings to %1$I;
+            grant select, insert on dead_jobs, notifications, webhook_deliveries to %1$I;
+            grant select, insert on retry_policies to %1$I;
+            grant update (disabled_at, disabled_reason, updated_at) on webhooks to %1$I;
+            grant usage on all sequences in schema public to %1$I;
+            grant execute on function recompute_product_rating(uuid), hand_back_job(bigint, integer),
+                merge_into_waiting_twin(bigint, text, text), replay_dead_job(bigint),
+                lock_key_relay_asleep(), lock_key_rating_recompute()
+                to %1$I;
+            $g$, v_worker);
+    end if;
+    return coalesce(nullif(array_to_string(v_done, ', '), ''), 'no app roles');
+end;
+$_$;
+
 CREATE FUNCTION public.hand_back_job(p_job_id bigint, p_attempt integer) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
@@ -31,6 +88,7 @@ CREATE FUNCTION public.lock_key_relay_asleep() RETURNS bigint
 
 CREATE FUNCTION public.merge_into_waiting_twin(p_job_id bigint, p_status text, p_how text) RETURNS boolean
     LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
     v_twin bigint;
@@ -89,7 +147,8 @@ end;
 $$;
 
 CREATE FUNCTION public.replay_dead_job(p_dead_job_id bigint) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
     v_job_id bigint;
@@ -139,7 +198,8 @@ end;
 $$;
 
 CREATE FUNCTION public.tg_reviews__write_outbox() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
     v_type text;

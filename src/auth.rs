@@ -39,6 +39,8 @@ pub struct TokenKeys {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Longest a token may still be valid for, when bounded (AUTH_JWT_MAX_TTL).
+    max_ttl: Option<Duration>,
 }
 
 /// Longest `sub` we accept; it is stored as an author or owner id.
@@ -61,7 +63,14 @@ impl TokenKeys {
             validation,
             issuer: None,
             audience: None,
+            max_ttl: None,
         }
+    }
+
+    /// Refuses tokens that stay valid longer than `max_ttl` from now (and will not mint one).
+    pub fn with_max_ttl(mut self, max_ttl: Option<Duration>) -> Self {
+        self.max_ttl = max_ttl;
+        self
     }
 
     /// Requires tokens to carry this issuer (`iss`), when set.
@@ -87,6 +96,14 @@ impl TokenKeys {
 
     /// Signs a token for `sub` that expires after `ttl`.
     pub fn mint(&self, sub: &str, role: Role, ttl: Duration) -> anyhow::Result<String> {
+        if let Some(max) = self.max_ttl {
+            anyhow::ensure!(
+                ttl <= max,
+                "--ttl {}s is longer than AUTH_JWT_MAX_TTL ({}s)",
+                ttl.as_secs(),
+                max.as_secs()
+            );
+        }
         let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -119,6 +136,15 @@ impl TokenKeys {
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
             return Err("invalid token: bad subject".into());
+        }
+        if let Some(max) = self.max_ttl {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_err(|_| "clock before 1970".to_owned())?
+                .as_secs();
+            if claims.exp > now + max.as_secs() + self.validation.leeway {
+                return Err("invalid token: it lives longer than this server allows".into());
+            }
         }
         Ok(claims)
     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
 use reviews_db::DbArgs;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::Role;
 use reviews_service::LogFormat;
@@ -24,6 +25,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve HTTP (the default).
@@ -63,6 +66,8 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub edges: Edges,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -131,6 +136,14 @@ pub struct Limits {
         default_value_t = 600
     )]
     pub mutations_per_ip_per_minute: u32,
+    /// Operations of one client address running at once (reads included; 0: no cap).
+    #[arg(
+        long = "api-max-concurrent-per-client",
+        env = "API_MAX_CONCURRENT_PER_CLIENT",
+        value_name = "API_MAX_CONCURRENT_PER_CLIENT",
+        default_value_t = 32
+    )]
+    pub concurrent_per_client: usize,
 }
 
 impl Default for Limits {
@@ -143,8 +156,79 @@ impl Default for Limits {
             request_timeout: std::time::Duration::from_secs(10),
             mutations_per_user_per_minute: 120,
             mutations_per_ip_per_minute: 600,
+            concurrent_per_client: 32,
         }
     }
+}
+
+/// The server's edges: connections, proxies in front, websockets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Edges {
+    /// Proxies in front of the API (comma-separated CIDRs, e.g. 10.0.0.0/8,::1/128): from a
+    /// trusted peer, the client address is the right-most untrusted hop of X-Forwarded-For.
+    /// Empty: the peer's address, whatever the headers say.
+    #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES",
+          value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Longest a client may take to send a request's headers (slowloris).
+    #[arg(long = "api-header-read-timeout", env = "API_HEADER_READ_TIMEOUT",
+          value_name = "API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Most connections the server holds at once; more wait to be accepted.
+    #[arg(long = "api-max-connections", env = "API_MAX_CONNECTIONS",
+          value_name = "API_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a websocket may go without `connection_init` before it is closed (4408).
+    #[arg(long = "ws-connection-init-timeout", env = "WS_CONNECTION_INIT_TIMEOUT",
+          value_name = "WS_CONNECTION_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_init_timeout: std::time::Duration,
+    /// Most websockets open at once in this process.
+    #[arg(
+        long = "ws-max-sockets",
+        env = "WS_MAX_SOCKETS",
+        value_name = "WS_MAX_SOCKETS",
+        default_value_t = 1024
+    )]
+    pub ws_max_sockets: usize,
+    /// Most websockets open at once from one client address.
+    #[arg(
+        long = "ws-max-sockets-per-client",
+        env = "WS_MAX_SOCKETS_PER_CLIENT",
+        value_name = "WS_MAX_SOCKETS_PER_CLIENT",
+        default_value_t = 16
+    )]
+    pub ws_max_sockets_per_client: usize,
+    /// Most operations (subscriptions mostly) running at once on one websocket.
+    #[arg(
+        long = "ws-max-subscriptions-per-socket",
+        env = "WS_MAX_SUBSCRIPTIONS_PER_SOCKET",
+        value_name = "WS_MAX_SUBSCRIPTIONS_PER_SOCKET",
+        default_value_t = 16
+    )]
+    pub ws_max_subscriptions_per_socket: usize,
+}
+
+impl Default for Edges {
+    fn default() -> Self {
+        Edges {
+            trusted_proxies: Vec::new(),
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 4096,
+            ws_init_timeout: std::time::Duration::from_secs(10),
+            ws_max_sockets: 1024,
+            ws_max_sockets_per_client: 16,
+            ws_max_subscriptions_per_socket: 16,
+        }
+    }
+}
+
+fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is not a CIDR (10.0.0.0/8) or an address"))
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
@@ -158,9 +242,10 @@ pub struct AuthArgs {
         long = "auth-jwt-secret",
         env = "AUTH_JWT_SECRET",
         value_name = "AUTH_JWT_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret
     )]
-    pub auth_jwt_secret: Option<String>,
+    pub auth_jwt_secret: Option<SecretString>,
     /// When set, tokens must carry this `iss` claim.
     #[arg(
         long = "auth-jwt-issuer",
@@ -175,15 +260,41 @@ pub struct AuthArgs {
         value_name = "AUTH_JWT_AUDIENCE"
     )]
     pub auth_jwt_audience: Option<String>,
+    /// Longest a token may still be valid for (its `exp` from now); a token valid longer is
+    /// refused. Default: none in development, 24h in production.
+    #[arg(long = "auth-jwt-max-ttl", env = "AUTH_JWT_MAX_TTL", value_name = "AUTH_JWT_MAX_TTL",
+          value_parser = parse_duration)]
+    pub auth_jwt_max_ttl: Option<std::time::Duration>,
 }
 
+/// A token's longest remaining life in production, unless AUTH_JWT_MAX_TTL says otherwise.
+pub const PRODUCTION_MAX_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl AuthArgs {
-    /// The token rules these settings describe.
-    pub fn token_keys(&self) -> anyhow::Result<crate::auth::TokenKeys> {
+    /// The token rules these settings describe. In production, tokens must name their
+    /// issuer and audience (a token minted for another service must not pass here) and
+    /// live at most AUTH_JWT_MAX_TTL.
+    pub fn token_keys(&self, app_env: AppEnv) -> anyhow::Result<crate::auth::TokenKeys> {
+        let max_ttl = match app_env {
+            AppEnv::Production => {
+                anyhow::ensure!(
+                    self.auth_jwt_issuer.is_some() && self.auth_jwt_audience.is_some(),
+                    "APP_ENV=production needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE: tokens must \
+                     say who issued them and for whom"
+                );
+                Some(self.auth_jwt_max_ttl.unwrap_or(PRODUCTION_MAX_TTL))
+            }
+            AppEnv::Development => self.auth_jwt_max_ttl,
+        };
         Ok(crate::auth::TokenKeys::new(self.secret()?.as_bytes())
             .with_issuer(self.auth_jwt_issuer.as_deref())
-            .with_audience(self.auth_jwt_audience.as_deref()))
+            .with_audience(self.auth_jwt_audience.as_deref())
+            .with_max_ttl(max_ttl))
     }
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(value))
 }
 
 /// Shortest secret we accept: HS256 wants at least as many bytes as its output.
@@ -192,7 +303,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 impl AuthArgs {
     /// The secret, or a start-up error naming the variable.
     pub fn secret(&self) -> anyhow::Result<&str> {
-        match self.auth_jwt_secret.as_deref() {
+        match self.auth_jwt_secret.as_ref().map(|s| s.expose_secret()) {
             None | Some("") => anyhow::bail!(
                 "AUTH_JWT_SECRET is not set: the API signs and checks tokens with it \
                  (scripts/dev sets a development secret)"
@@ -228,6 +339,89 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long = "ttl", default_value_t = 86_400)]
     pub ttl_secs: u64,
+    /// The API's environment: in production a token carries the issuer and audience.
+    #[arg(
+        long = "app-env",
+        env = "APP_ENV",
+        value_name = "APP_ENV",
+        default_value = "development"
+    )]
+    pub app_env: AppEnv,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("reviews-api").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!";
+
+    #[test]
+    fn the_secret_never_prints() {
+        let args = serve(&["--auth-jwt-secret", SECRET]);
+        let shown = format!("{args:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
+    }
+
+    #[test]
+    fn production_needs_an_issuer_and_an_audience_and_bounds_a_tokens_life() {
+        let bare = serve(&["--auth-jwt-secret", SECRET]);
+        let refused = bare
+            .auth
+            .token_keys(AppEnv::Production)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            refused.contains("AUTH_JWT_ISSUER") && refused.contains("AUTH_JWT_AUDIENCE"),
+            "{refused}"
+        );
+        bare.auth.token_keys(AppEnv::Development).unwrap();
+
+        let named = serve(&[
+            "--auth-jwt-secret",
+            SECRET,
+            "--auth-jwt-issuer",
+            "https://auth.example.com",
+            "--auth-jwt-audience",
+            "reviews",
+        ]);
+        let keys = named.auth.token_keys(AppEnv::Production).unwrap();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let within = keys.mint("alice", crate::auth::Role::User, day).unwrap();
+        keys.verify(&within).unwrap();
+        assert!(keys
+            .mint("alice", crate::auth::Role::User, day * 2)
+            .is_err());
+        // A token minted elsewhere for two days is refused here.
+        let lax = crate::auth::TokenKeys::new(SECRET.as_bytes())
+            .with_issuer(Some("https://auth.example.com"))
+            .with_audience(Some("reviews"));
+        let long = lax.mint("alice", crate::auth::Role::User, day * 2).unwrap();
+        assert!(keys.verify(&long).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_or_addresses_and_refuse_the_rest() {
+        let args = serve(&["--trusted-proxies", "10.0.0.0/8, ::1"]);
+        assert_eq!(args.edges.trusted_proxies.len(), 2);
+        let bad = Cli::try_parse_from(["reviews-api", "--trusted-proxies", "proxy.local"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            bad.contains("TRUSTED_PROXIES") && bad.contains("not a CIDR"),
+            "{bad}"
+        );
+    }
 }

@@ -33,10 +33,11 @@ use anyhow::Context as _;
 use reviews_db::Db;
 
 use crate::auth::TokenKeys;
-use crate::config::{AppEnv, Limits, ServeArgs};
+use crate::config::{AppEnv, Edges, Limits, ServeArgs};
+use crate::graphql::guards::Guards;
 use crate::http::AppState;
 use crate::live::LiveFeed;
-use crate::rate_limit::MutationLimits;
+use crate::rate_limit::ClientLimits;
 
 /// A running server: where it listens and the task to await until it has shut down.
 pub struct Server {
@@ -51,8 +52,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
     let settings = ApiSettings {
-        keys: args.auth.token_keys()?,
+        keys: args.auth.token_keys(args.app_env)?,
         limits: args.limits.clone(),
+        edges: args.edges.clone(),
         app_env: args.app_env,
     };
     let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
@@ -65,6 +67,7 @@ pub async fn run(
 pub struct ApiSettings {
     pub keys: TokenKeys,
     pub limits: Limits,
+    pub edges: Edges,
     pub app_env: AppEnv,
 }
 
@@ -74,6 +77,7 @@ impl ApiSettings {
         ApiSettings {
             keys,
             limits: Limits::default(),
+            edges: Edges::default(),
             app_env: AppEnv::Development,
         }
     }
@@ -88,31 +92,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
     metrics::handle();
-    let mutation_limits = MutationLimits::new(
-        settings.limits.mutations_per_user_per_minute,
-        settings.limits.mutations_per_ip_per_minute,
+    let limits = &settings.limits;
+    let clients = ClientLimits::new(
+        limits.mutations_per_user_per_minute,
+        limits.mutations_per_ip_per_minute,
+        limits.concurrent_per_client,
     );
     tokio::spawn({
-        let limits = mutation_limits.clone();
+        let clients = clients.clone();
         async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                limits.forget_idle();
+                clients.forget_idle();
             }
         }
     });
+    let guards = Arc::new(Guards {
+        limits: settings.limits.clone(),
+        app_env: settings.app_env,
+        clients,
+        db: db.clone(),
+    });
+    let edges = settings.edges;
     let state = AppState {
-        schema: graphql::build_schema(db.clone(), live, &settings.limits, settings.app_env),
+        schema: graphql::build_schema(db.clone(), live, guards),
         db,
         keys: Arc::new(settings.keys),
-        limits: settings.limits,
-        mutation_limits,
+        sockets: http::Sockets::new(edges.ws_max_sockets, edges.ws_max_sockets_per_client),
+        edges: Arc::new(edges.clone()),
         app_env: settings.app_env,
         documents: Arc::default(),
     };
-    let (addr, serving) = warp::serve(http::routes(state))
-        .try_bind_with_graceful_shutdown(api_addr, shutdown)
+    let service = warp::service(http::routes(state));
+    let (addr, serving) = http::server::serve(api_addr, service, &edges, shutdown)
+        .await
         .with_context(|| format!("while binding API_ADDR={api_addr}"))?;
     tracing::info!(%addr, "serving GraphQL at http://{addr}/graphql");
     Ok(Server {

@@ -1,5 +1,7 @@
-//! Checks made on a request's document before it runs: which kind of operation it is (for
-//! the GET and rate-limit rules) and how many aliases it uses (alias overloading). Depth,
+//! What a request's document says about itself, read before it runs: which kind of operation
+//! it is (for the GET rule and the rate limits), how many root fields it asks (a mutation
+//! costs one unit of rate limit per root field), how many aliases it uses (alias
+//! overloading), whether it introspects. The guards (`graphql::guards`) act on these; depth,
 //! complexity and directives are limited by the schema itself (`graphql::build_schema`).
 
 use async_graphql::parser::types::{
@@ -12,6 +14,8 @@ use async_graphql::Positioned;
 pub struct DocumentFacts {
     /// The operation that would run; None when the name matches none (the executor says so).
     pub operation: Option<OperationType>,
+    /// The root fields of that operation (fragments spread at the root counted through).
+    pub root_fields: usize,
     pub aliases: usize,
     /// Whether it asks for `__schema` or `__type` (refused in production).
     pub introspects: bool,
@@ -31,9 +35,46 @@ pub fn inspect_document(
 ) -> DocumentFacts {
     DocumentFacts {
         operation: operation_type(document, operation_name),
+        root_fields: root_fields(document, operation_name),
         aliases: count_aliases(document),
         introspects: introspects(document),
     }
+}
+
+fn root_fields(document: &ExecutableDocument, name: Option<&str>) -> usize {
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
+            Some(op) => op,
+            None => return 0,
+        },
+        (DocumentOperations::Multiple(_), None) => return 0,
+    };
+    fields_in(document, &operation.node.selection_set, 0)
+}
+
+/// Fields of a selection set, through fragments (bounded: a fragment cycle is refused by
+/// validation, and this stops counting past a few levels of fragments anyway).
+fn fields_in(document: &ExecutableDocument, set: &Positioned<SelectionSet>, depth: usize) -> usize {
+    if depth > 8 {
+        return 0;
+    }
+    set.node
+        .items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(_) => 1,
+            Selection::InlineFragment(fragment) => {
+                fields_in(document, &fragment.node.selection_set, depth + 1)
+            }
+            Selection::FragmentSpread(spread) => document
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map_or(0, |fragment| {
+                    fields_in(document, &fragment.node.selection_set, depth + 1)
+                }),
+        })
+        .sum()
 }
 
 fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
@@ -131,5 +172,19 @@ mod tests {
         );
         assert_eq!(inspect(doc, None).unwrap().operation, None);
         assert!(inspect("{ broken", None).is_none());
+    }
+
+    #[test]
+    fn root_fields_are_counted_through_fragments() {
+        let doc = "mutation M { a: deleteReview(id: \"1\") b: deleteReview(id: \"2\") ...F
+                   ... on Mutation { c: deleteReview(id: \"3\") } }
+                   fragment F on Mutation { d: deleteReview(id: \"4\") e: deleteReview(id: \"5\") }";
+        assert_eq!(inspect(doc, Some("M")).unwrap().root_fields, 5);
+        assert_eq!(
+            inspect("{ products { edges { cursor } } }", None)
+                .unwrap()
+                .root_fields,
+            1
+        );
     }
 }

@@ -43,12 +43,18 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::PrintSchema) => {
             let db = reviews_db::Db::connect_lazy(tokio_postgres::Config::new(), 1);
             let live = reviews_api::live::LiveFeed::idle();
-            let schema = graphql::build_schema(db, live, &Limits::default(), AppEnv::Development);
+            let guards = reviews_api::graphql::guards::Guards {
+                limits: Limits::default(),
+                app_env: AppEnv::Development,
+                clients: reviews_api::rate_limit::ClientLimits::new(0, 0, 0),
+                db: db.clone(),
+            };
+            let schema = graphql::build_schema(db, live, std::sync::Arc::new(guards));
             print!("{}", schema.sdl());
             Ok(())
         }
         Some(Command::Token(args)) => {
-            let keys = args.auth.token_keys()?;
+            let keys = args.auth.token_keys(args.app_env)?;
             println!(
                 "{}",
                 keys.mint(&args.sub, args.role, Duration::from_secs(args.ttl_secs))?

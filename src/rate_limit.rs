@@ -1,46 +1,109 @@
-//! Rate limits on mutations, per user and per client IP (governor's keyed GCRA limiters).
-//! Reads are not limited here; their cost is bounded by the query limits.
+//! What one client may do: mutations per minute, per user and per client address (governor's
+//! keyed GCRA limiters), counted one unit per root mutation field; and operations at once
+//! per client address. Reads are not rate limited; their cost is bounded by the query limits
+//! and the concurrency cap.
+//!
+//! A client address is the peer's, or the right-most untrusted hop of `X-Forwarded-For` when
+//! the peer is a trusted proxy (`crate::http::client`). IPv6 addresses are keyed by their /64
+//! (one subscriber's network), IPv4-mapped ones as IPv4.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-#[derive(Clone)]
-pub struct MutationLimits {
-    per_user: Option<Arc<DefaultKeyedRateLimiter<String>>>,
-    per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+/// Why a client was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over a limit: the next try is allowed after `seconds`.
+    Wait { seconds: u64, what: &'static str },
+    /// The request alone asks more than a limit allows in a minute: waiting will not help.
+    TooBig { asked: u32, allowed: u32 },
 }
 
-impl MutationLimits {
-    /// Limits of `per_user` and `per_ip` mutations a minute; 0 turns one off.
-    pub fn new(per_user: u32, per_ip: u32) -> Self {
-        MutationLimits {
+/// The key a client address is limited under: IPv6 by its /64, IPv4-mapped as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientLimits {
+    per_user: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    user_quota: u32,
+    ip_quota: u32,
+    concurrency: usize,
+    running: Arc<Mutex<HashMap<IpAddr, Arc<Semaphore>>>>,
+}
+
+impl ClientLimits {
+    /// `per_user` and `per_ip` mutations a minute (0 turns one off); at most `concurrency`
+    /// operations of one client address at once (0: no cap).
+    pub fn new(per_user: u32, per_ip: u32, concurrency: usize) -> Self {
+        ClientLimits {
             per_user: NonZeroU32::new(per_user)
                 .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
             per_ip: NonZeroU32::new(per_ip)
                 .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
+            user_quota: per_user,
+            ip_quota: per_ip,
+            concurrency,
+            running: Arc::default(),
         }
     }
 
-    /// Counts one mutation; `Err(wait)` when either limit is exceeded, with how long until
-    /// the next is allowed.
-    pub fn check(&self, user: Option<&str>, ip: Option<IpAddr>) -> Result<(), Duration> {
-        let now = DefaultClock::default().now();
-        if let (Some(limiter), Some(ip)) = (&self.per_ip, ip) {
-            limiter
-                .check_key(&ip)
-                .map_err(|not_until| not_until.wait_time_from(now))?;
+    /// Counts `units` mutations (a request's root mutation fields) for the user and the
+    /// client address; refused when either limit is over.
+    pub fn check_mutations(
+        &self,
+        user: Option<&str>,
+        client: Option<IpAddr>,
+        units: u32,
+    ) -> Result<(), Refusal> {
+        let units = NonZeroU32::new(units).unwrap_or(NonZeroU32::MIN);
+        if let (Some(limiter), Some(ip)) = (&self.per_ip, client) {
+            take(limiter, &client_key(ip), units, self.ip_quota)?;
         }
         if let (Some(limiter), Some(user)) = (&self.per_user, user) {
-            limiter
-                .check_key(&user.to_owned())
-                .map_err(|not_until| not_until.wait_time_from(now))?;
+            take(limiter, &user.to_owned(), units, self.user_quota)?;
         }
         Ok(())
+    }
+
+    /// Enters an operation of `client`: refused when it already runs as many as allowed.
+    /// The slot is held until the returned permit drops.
+    pub fn enter(&self, client: Option<IpAddr>) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        let Some(ip) = client.filter(|_| self.concurrency > 0) else {
+            return Ok(None);
+        };
+        let slots = self
+            .running
+            .lock()
+            .expect("client slots lock poisoned")
+            .entry(client_key(ip))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.concurrency)))
+            .clone();
+        match slots.try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(Refusal::Wait {
+                seconds: 1,
+                what: "operations at once from your address (API_MAX_CONCURRENT_PER_CLIENT)",
+            }),
+        }
     }
 
     /// Forgets keys that are back to a full allowance, so memory follows active clients.
@@ -51,6 +114,34 @@ impl MutationLimits {
         if let Some(limiter) = &self.per_ip {
             limiter.retain_recent();
         }
+        let concurrency = self.concurrency;
+        self.running
+            .lock()
+            .expect("client slots lock poisoned")
+            .retain(|_, slots| slots.available_permits() < concurrency);
+    }
+}
+
+fn take<K: Clone + std::hash::Hash + Eq>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    units: NonZeroU32,
+    quota: u32,
+) -> Result<(), Refusal> {
+    let now = DefaultClock::default().now();
+    match limiter.check_key_n(key, units) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let wait: Duration = not_until.wait_time_from(now);
+            Err(Refusal::Wait {
+                seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+                what: "mutations",
+            })
+        }
+        Err(_) => Err(Refusal::TooBig {
+            asked: units.get(),
+            allowed: quota,
+        }),
     }
 }
 
@@ -60,22 +151,64 @@ mod tests {
 
     #[test]
     fn a_user_over_the_limit_is_told_how_long_to_wait_and_others_are_not() {
-        let limits = MutationLimits::new(2, 0);
-        assert!(limits.check(Some("alice"), None).is_ok());
-        assert!(limits.check(Some("alice"), None).is_ok());
-        let wait = limits.check(Some("alice"), None).unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
-        assert!(limits.check(Some("bob"), None).is_ok());
+        let limits = ClientLimits::new(2, 0, 0);
+        assert!(limits.check_mutations(Some("alice"), None, 1).is_ok());
+        assert!(limits.check_mutations(Some("alice"), None, 1).is_ok());
+        let Err(Refusal::Wait { seconds, .. }) = limits.check_mutations(Some("alice"), None, 1)
+        else {
+            panic!("refused with a wait");
+        };
+        assert!((1..=30).contains(&seconds), "{seconds}");
+        assert!(limits.check_mutations(Some("bob"), None, 1).is_ok());
     }
 
     #[test]
-    fn an_ip_over_the_limit_is_refused_whoever_the_user() {
-        let limits = MutationLimits::new(0, 1);
+    fn each_root_mutation_field_counts_and_more_than_a_minute_allows_is_too_big() {
+        let limits = ClientLimits::new(5, 0, 0);
+        assert!(limits.check_mutations(Some("alice"), None, 3).is_ok());
+        assert!(matches!(
+            limits.check_mutations(Some("alice"), None, 3),
+            Err(Refusal::Wait { .. })
+        ));
+        assert_eq!(
+            limits.check_mutations(Some("bob"), None, 6),
+            Err(Refusal::TooBig {
+                asked: 6,
+                allowed: 5
+            })
+        );
+    }
+
+    #[test]
+    fn an_address_over_the_limit_is_refused_whoever_the_user_and_ipv6_counts_per_64() {
+        let limits = ClientLimits::new(0, 1, 0);
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(limits.check(Some("alice"), Some(ip)).is_ok());
-        assert!(limits.check(Some("bob"), Some(ip)).is_err());
+        assert!(limits.check_mutations(Some("alice"), Some(ip), 1).is_ok());
+        assert!(limits.check_mutations(Some("bob"), Some(ip), 1).is_err());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limits.check_mutations(None, Some(a), 1).is_ok());
+        assert!(
+            limits.check_mutations(None, Some(b), 1).is_err(),
+            "same /64"
+        );
+        assert!(limits.check_mutations(None, Some(other), 1).is_ok());
+        assert_eq!(
+            client_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn operations_at_once_are_capped_per_address() {
+        let limits = ClientLimits::new(0, 0, 2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.enter(Some(ip)).unwrap();
+        let _second = limits.enter(Some(ip)).unwrap();
+        assert!(limits.enter(Some(ip)).is_err());
+        assert!(limits.enter(Some("10.0.0.2".parse().unwrap())).is_ok());
+        drop(first);
+        assert!(limits.enter(Some(ip)).is_ok());
     }
 }

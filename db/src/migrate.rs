@@ -127,5 +127,23 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
         tracing::info!(migration = %migration.name, "applied migration");
         report.applied.push(migration.name);
     }
+    grant_app_privileges(client).await?;
     Ok(report)
+}
+
+/// Grants the app roles (scripts/db-roles) what their processes do on the schema as it now
+/// is (see db/migrations/0015), so a migration's new table is theirs to use at once, however
+/// they were created before. A schema from before 0015 has nothing to grant yet.
+async fn grant_app_privileges(client: &Client) -> Result<(), MigrateError> {
+    let exists: bool = client
+        .query_one(
+            "select to_regproc('grant_app_privileges') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if exists {
+        client.batch_execute("select grant_app_privileges()").await?;
+    }
+    Ok(())
 }

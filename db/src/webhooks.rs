@@ -136,13 +136,14 @@ pub async fn webhook_by_id<C: AsClient>(
 }
 
 /// An endpoint as a delivery needs it: where, whether it takes deliveries, and the secrets
-/// to sign with (the current one first, then a rotated one still in its overlap).
+/// to sign with (the current one first, then a rotated one still in its overlap; Debug never
+/// prints them).
 #[derive(Debug, Clone)]
 pub struct SigningEndpoint {
     pub id: Uuid,
     pub url: String,
     pub active: bool,
-    pub secrets: Vec<String>,
+    pub secrets: Vec<secrecy::SecretString>,
 }
 
 /// The worker's view of an endpoint, secrets included.
@@ -164,7 +165,11 @@ pub async fn signing_endpoint<C: AsClient>(
         id: row.get("id"),
         url: row.get("url"),
         active: row.get("active"),
-        secrets: row.get("secrets"),
+        secrets: row
+            .get::<_, Vec<String>>("secrets")
+            .into_iter()
+            .map(secrecy::SecretString::from)
+            .collect(),
     }))
 }
 

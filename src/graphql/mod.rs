@@ -8,9 +8,11 @@
 //! - `input`: mutation inputs and their validation.
 //! - `cursor`: opaque cursors, page sizes and ids.
 //! - `loaders`: DataLoaders that batch `Review.product` and `Product.rating`.
+//! - `guards`: the extension that guards every operation, whatever its transport.
 
 mod admin;
 mod cursor;
+pub mod guards;
 mod input;
 mod loaders;
 mod mutation;
@@ -24,7 +26,7 @@ use async_graphql::Schema;
 use reviews_db::Db;
 
 use crate::auth::Auth;
-use crate::config::{AppEnv, Limits};
+use crate::config::AppEnv;
 use crate::live::LiveFeed;
 pub use loaders::{ProductLoader, RatingLoader};
 /// Every query: the reviews' and the admin's.
@@ -51,12 +53,15 @@ pub struct RequestId(pub String);
 
 /// Builds the schema. The database handle is shared; per-request data (auth, request id,
 /// DataLoaders) is added by [`request_data`].
-pub fn build_schema(db: Db, live: LiveFeed, limits: &Limits, app_env: AppEnv) -> ReviewsSchema {
+pub fn build_schema(db: Db, live: LiveFeed, guards: guards::Shared) -> ReviewsSchema {
+    let limits = &guards.limits;
+    let app_env = guards.app_env;
     let builder = Schema::build(
         Query::default(),
         Mutation::default(),
         subscription::Subscription,
     )
+    .extension(guards::GuardsExtension(guards.clone()))
     .data(db)
     .data(live)
     .limit_depth(limits.max_depth)
@@ -72,34 +77,18 @@ pub fn build_schema(db: Db, live: LiveFeed, limits: &Limits, app_env: AppEnv) ->
     }
 }
 
-/// Attaches what one request needs: who is calling, its id, and fresh DataLoaders (their
-/// cache must not outlive the request).
+/// Attaches what one HTTP request brings: who is calling and the request's id. (Its
+/// DataLoaders, fresh for every operation, are the guards'.)
 pub fn request_data(
     request: async_graphql::Request,
-    db: &Db,
     auth: Auth,
     request_id: RequestId,
 ) -> async_graphql::Request {
-    let (products, ratings) = loaders(db);
-    request
-        .data(auth)
-        .data(request_id)
-        .data(products)
-        .data(ratings)
+    request.data(auth).data(request_id)
 }
 
-/// The same for a websocket connection (its subscriptions share it).
-pub fn connection_data(db: &Db, auth: Auth, request_id: RequestId) -> async_graphql::Data {
-    let (products, ratings) = loaders(db);
-    let mut data = async_graphql::Data::default();
-    data.insert(auth);
-    data.insert(request_id);
-    data.insert(products);
-    data.insert(ratings);
-    data
-}
-
-fn loaders(db: &Db) -> (loaders::Products, loaders::Ratings) {
+/// Fresh DataLoaders: their cache must not outlive the operation.
+pub(crate) fn loaders(db: &Db) -> (loaders::Products, loaders::Ratings) {
     (
         DataLoader::with_cache(
             ProductLoader(db.clone()),

@@ -5,10 +5,14 @@
 //! - `graphql`: the GraphQL endpoint: CSRF rules, request limits, rate limits, timeouts and
 //!   how errors are shaped.
 //! - `documents`: parsed queries kept by their text, so a repeated query is parsed once.
+//! - `socket`: GraphQL over websocket, with the socket's own edges.
+//! - `client`: the client's address (the peer's, or behind `TRUSTED_PROXIES`).
 //! - `reply`: request ids and the error bodies of requests refused before execution.
+//! - `server`: hyper under warp: header-read timeout, connection cap, peer addresses.
 //! - `state`: what every request handler shares (`AppState`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -16,15 +20,19 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+mod client;
 mod documents;
 mod graphql;
 mod reply;
+pub mod server;
+mod socket;
 mod state;
 
 use crate::error::ErrorCode;
 use crate::graphql::RequestId;
 pub use documents::DocumentCache;
 use reply::error_response;
+pub use socket::Sockets;
 pub use state::AppState;
 
 /// Largest request body we read, in bytes.
@@ -35,13 +43,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Every route of the API.
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let caller = graphql::caller(Arc::new(state.edges.trusted_proxies.clone()));
     let with_state = warp::any().map(move || state.clone());
 
     let graphql_post = warp::path("graphql")
         .and(warp::path::end())
         .and(warp::post())
         .and(with_state.clone())
-        .and(graphql::caller())
+        .and(caller.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
@@ -52,13 +61,14 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::ws())
         .and(async_graphql_warp::graphql_protocol())
         .and(with_state.clone())
-        .map(graphql::subscribe);
+        .and(caller.clone())
+        .map(socket::upgrade);
 
     let graphql_get = warp::path("graphql")
         .and(warp::path::end())
         .and(warp::get())
         .and(with_state.clone())
-        .and(graphql::caller())
+        .and(caller)
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .then(graphql::get);
 

@@ -1,8 +1,6 @@
 //! How the HTTP layer answers before (or instead of) the GraphQL executor: request ids, and
 //! GraphQL-shaped error bodies that carry an [`ErrorCode`].
 
-use std::time::Duration;
-
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
@@ -35,25 +33,6 @@ pub fn error_response(
 ) -> Response {
     let body = json!({"errors": [{"message": message, "extensions": {"code": code.as_str()}}]});
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-    set_request_id(&mut response, request_id);
-    response
-}
-
-/// `429 Too Many Requests` with `Retry-After` and `extensions.retryAfterSeconds`.
-pub fn rate_limited(wait: Duration, request_id: &RequestId) -> Response {
-    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-    let code = ErrorCode::RateLimited;
-    metrics::counter!("graphql_errors_total", "code" => code.as_str()).increment(1);
-    let body = json!({"errors": [{
-        "message": format!("too many mutations: try again in {seconds} s"),
-        "extensions": {"code": code.as_str(), "retryAfterSeconds": seconds},
-    }]});
-    let mut response =
-        warp::reply::with_status(warp::reply::json(&body), StatusCode::TOO_MANY_REQUESTS)
-            .into_response();
-    response
-        .headers_mut()
-        .insert("retry-after", HeaderValue::from(seconds));
     set_request_id(&mut response, request_id);
     response
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use reviews_db::Db;
 
 use super::documents::DocumentCache;
+use super::socket::Sockets;
 use crate::auth::TokenKeys;
-use crate::config::{AppEnv, Limits};
+use crate::config::{AppEnv, Edges};
 use crate::graphql::ReviewsSchema;
-use crate::rate_limit::MutationLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,8 +16,8 @@ pub struct AppState {
     pub db: Db,
     /// Shared: the state is cloned for every request.
     pub keys: Arc<TokenKeys>,
-    pub limits: Limits,
-    pub mutation_limits: MutationLimits,
+    pub edges: Arc<Edges>,
     pub app_env: AppEnv,
     pub documents: Arc<DocumentCache>,
+    pub sockets: Arc<Sockets>,
 }

@@ -52,6 +52,7 @@ async fn hostile_requests_get_clean_errors_and_change_nothing() {
     let settings = ApiSettings {
         keys: TokenKeys::new(secret.as_bytes()),
         limits: Limits::default(),
+        edges: Default::default(),
         app_env: AppEnv::Production,
     };
     let app = TestApp::spawn_with(database, db, settings, secret).await;

@@ -39,6 +39,7 @@ async fn app_with(
         ApiSettings {
             keys,
             limits,
+            edges: Default::default(),
             app_env,
         },
         secret,
@@ -220,7 +221,7 @@ async fn deep_complex_aliased_and_directive_heavy_queries_are_refused() {
         (
             aliases.as_str(),
             "aliases",
-            "too many aliases: 1000 (at most 30)",
+            "too many aliases: 1000 (at most 30; GRAPHQL_MAX_ALIASES)",
         ),
         (directives.as_str(), "directives", "directive"),
     ] {

@@ -552,80 +552,217 @@ async fn scripts_dev_brings_the_stack_up_twice_safely_and_down_again() {
     }
 }
 
-#[tokio::test]
-async fn the_application_role_may_read_and_write_data_but_is_refused_ddl() {
-    let ops = Ops::new().await;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (owner, app) = (format!("owner_{suffix}"), format!("app_{suffix}"));
-    let out = ops.ok(
-        "db-roles",
-        &[
-            "--owner-role",
-            &owner,
-            "--app-role",
-            &app,
-            "--statement-timeout",
-            "3s",
-        ],
-    );
-    assert!(out.contains("roles ready"), "{out}");
-
-    let mut config = ops.database.config.clone();
-    config.user(&app);
+/// A client connected as `role` (trust authentication on the test server).
+async fn as_role(database: &TestDatabase, role: &str) -> reviews_db::Sql<tokio_postgres::Client> {
+    let mut config = database.config.clone();
+    config.user(role);
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    // Data: yes, through the same statements the API and worker use.
-    client.batch_execute(SEED).await.unwrap();
-    let sql = reviews_db::Sql::new(client, Default::default());
-    let batch = reviews_db::outbox::relay_pending_events(
-        &sql,
-        &reviews_worker::relay::statement_for(&reviews_worker::jobs::JobRegistry::standard()),
-        100,
-        std::time::Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    assert_eq!(batch.events, 3);
-    let timeout: String = sql
-        .query_one("show statement_timeout", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(timeout, "3s");
-    // Schema changes: no.
-    for ddl in [
-        "create table intruder (id int)",
-        "drop table reviews",
-        "truncate reviews",
-        "alter table reviews add column extra text",
-        "create index intruder_idx on reviews (title)",
-        "drop function replay_dead_job(bigint)",
-        "select * from schema_migrations",
-    ] {
-        let error = sql.execute(ddl, &[]).await.unwrap_err();
-        let denied = matches!(&error, reviews_db::StoreError::Postgres(e)
-            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
-        assert!(denied, "{ddl}: {error:?}");
-    }
-    drop(sql);
+    reviews_db::Sql::new(client, Default::default())
+}
 
-    // Clean up the roles: the database goes first, it belongs to the owner role.
-    let admin = ops.database.config.clone();
-    let mut admin = admin;
-    admin.dbname("postgres");
-    let (admin, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!(
-            "drop database if exists {} with (force)",
-            ops.database.name
-        ))
+async fn refused(sql: &reviews_db::Sql<tokio_postgres::Client>, statement: &str) -> bool {
+    match sql.batch_execute(statement).await {
+        Err(reviews_db::StoreError::Postgres(e)) => {
+            e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        }
+        other => panic!("{statement}: not refused for want of privilege: {other:?}"),
+    }
+}
+
+/// Least privilege, whatever order the roles and the migrations come in: the API's role
+/// writes reviews (the trigger writes the outbox as its owner) but never the outbox, never
+/// the migrations' ledger, never reads a webhook secret; the worker's relays and runs jobs;
+/// neither may change the schema. Passwords never reach a child's arguments.
+#[tokio::test]
+async fn each_process_role_may_do_what_its_process_does_and_nothing_more() {
+    for roles_first in [true, false] {
+        let ops = Ops {
+            database: if roles_first {
+                TestDatabase::create_empty().await
+            } else {
+                TestDatabase::create().await
+            },
+        };
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let (owner, api, worker) = (
+            format!("owner_{suffix}"),
+            format!("api_{suffix}"),
+            format!("worker_{suffix}"),
+        );
+        let secret_password = format!("pw'\\ {suffix}");
+        // A psql that records its arguments, in front of the real one.
+        let shim = tempfile_dir(&suffix);
+        let argv_log = shim.join("argv.log");
+        std::fs::write(
+            shim.join("psql"),
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\nexec {} \"$@\"\n",
+                argv_log.display(),
+                which("psql")
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("755")
+            .arg(shim.join("psql"))
+            .status()
+            .unwrap();
+        let password_file = shim.join("passwords");
+        let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/db-roles"))
+            .args([
+                "--owner-role",
+                &owner,
+                "--api-role",
+                &api,
+                "--worker-role",
+                &worker,
+            ])
+            .args(["--statement-timeout", "3s", "--password-file"])
+            .arg(&password_file)
+            .env("DATABASE_URL", ops.database.url())
+            .env("API_DB_PASSWORD", &secret_password)
+            .env(
+                "PATH",
+                format!("{}:{}", shim.display(), std::env::var("PATH").unwrap()),
+            )
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{said}");
+        assert!(said.contains("roles ready"), "{said}");
+        assert!(!said.contains(&secret_password), "a password in the output");
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        let passwords = std::fs::read_to_string(&password_file).unwrap();
+        for line in passwords.lines() {
+            let (_, password) = line.split_once('=').unwrap();
+            assert!(
+                !argv.contains(password),
+                "a password in psql's arguments: {argv}"
+            );
+        }
+        assert!(
+            passwords.contains(&format!("{api}={secret_password}")),
+            "{passwords}"
+        );
+        assert!(
+            passwords.contains(&format!("{worker}=")),
+            "generated: {passwords}"
+        );
+        let mode = std::fs::metadata(&password_file).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+
+        if roles_first {
+            // Then the migrations, as the owner (the documented order).
+            let migrated = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/migrate"))
+                .env(
+                    "DATABASE_URL",
+                    ops.database
+                        .url()
+                        .replacen("postgres@", &format!("{owner}@"), 1),
+                )
+                .output()
+                .unwrap();
+            assert!(
+                migrated.status.success(),
+                "{}",
+                String::from_utf8_lossy(&migrated.stderr)
+            );
+        }
+
+        let api_sql = as_role(&ops.database, &api).await;
+        api_sql.batch_execute(SEED).await.unwrap();
+        api_sql
+            .batch_execute("select count(*) from outbox; select id, url from webhooks")
+            .await
+            .unwrap();
+        for statement in [
+            "update outbox set event_type = event_type",
+            "delete from outbox",
+            "insert into schema_migrations (version, name, checksum, applied_by) values ('9', 'x', 'y', 'z')",
+            "delete from schema_migrations",
+            "select secret from webhooks",
+            "select previous_secret from webhooks",
+            "delete from outbox_pending",
+            "truncate reviews",
+            "create table intruder (id int)",
+            "alter table reviews add column extra text",
+        ] {
+            assert!(refused(&api_sql, statement).await, "{statement}");
+        }
+        let timeout: String = api_sql
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(timeout, "3s");
+
+        let worker_sql = as_role(&ops.database, &worker).await;
+        let batch = reviews_db::outbox::relay_pending_events(
+            &worker_sql,
+            &reviews_worker::relay::statement_for(&reviews_worker::jobs::JobRegistry::standard()),
+            100,
+            std::time::Duration::ZERO,
+        )
         .await
         .unwrap();
-    admin
-        .batch_execute(&format!("drop role {app}; drop role {owner}"))
-        .await
+        assert_eq!(
+            batch.events, 3,
+            "the worker relays (roles first: {roles_first})"
+        );
+        worker_sql
+            .batch_execute("select secret from webhooks")
+            .await
+            .unwrap();
+        for statement in [
+            "insert into schema_migrations (version, name, checksum, applied_by) values ('9', 'x', 'y', 'z')",
+            "insert into reviews (product_id, author_id, rating, title, body) values ('00000000-0000-4000-8000-000000000001', 'w', 1, 't', 'b')",
+            "update outbox set event_type = event_type",
+            "drop table reviews",
+        ] {
+            assert!(refused(&worker_sql, statement).await, "{statement}");
+        }
+        drop((api_sql, worker_sql));
+
+        // Clean up: the database first (the owner role owns it), then the roles.
+        let mut admin = ops.database.config.clone();
+        admin.dbname("postgres");
+        let (admin, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                ops.database.name
+            ))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!(
+                "drop role {api}; drop role {worker}; drop role {owner}"
+            ))
+            .await
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&shim);
+    }
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("reviews-ops-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
         .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Every value an ops script takes reaches SQL as a psql variable: quotes and backslashes in

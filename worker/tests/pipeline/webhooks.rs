@@ -639,3 +639,58 @@ fn the_verifier_says_why_a_mistyped_secret_is_invalid_instead_of_crashing() {
         assert!(stderr.contains(why), "{stderr}");
     }
 }
+
+/// A worker run with `HTTP_PROXY`/`HTTPS_PROXY` set still connects to the endpoint's checked
+/// address itself: a proxy would reach what the address check refuses.
+#[tokio::test]
+async fn deliveries_ignore_proxy_settings() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let receiver = Receiver::start().await;
+    register(&p, &receiver.url(), &["review.created"]).await;
+    // A "proxy" that only counts who connects to it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let proxied = proxied.clone();
+        async move {
+            while let Ok((_socket, _)) = proxy.accept().await {
+                proxied.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+        .env(
+            "DATABASE_URL",
+            reviews_db::testing::url_of(&p.database.config),
+        )
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", &p.prefix)
+        .env("OUTBOX_POLL_INTERVAL", "200ms")
+        .env("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+        .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("HTTP_PROXY", &proxy_url)
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = KilledOnDrop(child);
+    p.add_reviews(product, authors("r", 1)).await;
+    wait_for(
+        || receiver.count() == 1,
+        Duration::from_secs(20),
+        "the delivery",
+    )
+    .await;
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "a delivery went through the proxy"
+    );
+}
