@@ -10,8 +10,9 @@
 //! - On the way out: every error gets an `extensions.code` (errors raised before any
 //!   resolver ran are the client's: BAD_USER_INPUT); INTERNAL ones carry the request id and
 //!   nothing else; limit refusals say their limit; metrics count operations and errors.
-//! - Per operation: fresh DataLoaders (a websocket's operations never share a cache), and a
-//!   request id of its own.
+//! - Per operation: fresh DataLoaders (a websocket's operations never share a cache, and
+//!   cache nothing: a subscription's events each read what is current), and a request id of
+//!   its own.
 //!
 //! Depth, complexity and directives are limited by the schema itself (`build_schema`).
 
@@ -198,8 +199,14 @@ impl Extension for GuardedOperation {
             let mut state = self.state();
             state.operation_name = request.operation_name.clone();
         }
-        // A cache of this operation's own: loaders never outlive it.
+        // A cache of this operation's own: loaders never outlive it. Over a websocket an
+        // operation may live for hours (a subscription resolves every event in it): there the
+        // loaders batch but do not cache, so each event reads what is current.
         let (products, ratings) = super::loaders(&self.guards.db);
+        if ctx.data_opt::<SocketSubscriptions>().is_some() {
+            products.enable_all_cache(false);
+            ratings.enable_all_cache(false);
+        }
         request = request.data(products).data(ratings);
         // The HTTP layer names each request (in the request's own data: the context sees it
         // only after this hook); a websocket operation gets an id of its own.
