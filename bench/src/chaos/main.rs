@@ -143,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
         args.apis, args.workers, args.rate
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(exited) = processes.exited() {
+        anyhow::bail!("a process under test did not start:{exited}");
+    }
 
     let ledger = Arc::new(Ledger::default());
     let stop_load = CancellationToken::new();
@@ -205,6 +208,9 @@ async fn main() -> anyhow::Result<()> {
             .get(0);
         if pending == 0 {
             break;
+        }
+        if let Some(exited) = processes.exited() {
+            anyhow::bail!("{pending} pending, and a process under test exited:{exited}");
         }
         anyhow::ensure!(
             drain_started.elapsed() < DRAIN_LIMIT,

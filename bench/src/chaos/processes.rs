@@ -91,6 +91,9 @@ impl Processes {
             &[
                 ("JOB_LEASE", format!("{}s", LEASE.as_secs())),
                 ("JOB_TIMEOUT", "2s".into()),
+                // Within JOB_TIMEOUT, or the worker refuses to start.
+                ("WEBHOOK_TIMEOUT", "1s".into()),
+                ("WEBHOOK_CONNECT_TIMEOUT", "500ms".into()),
                 ("OUTBOX_POLL_INTERVAL", "1s".into()),
                 ("RECONCILE_AFTER", "2s".into()),
                 // Each product gets a review a second: most of its recomputes are held back
@@ -165,6 +168,26 @@ impl Processes {
             }
         }
         dead
+    }
+
+    /// The processes that exited, each with the last lines of its log: a process that
+    /// refused to start or crashed fails the suite at once instead of at the drain's limit.
+    pub fn exited(&mut self) -> Option<String> {
+        let dead = self.all_running();
+        if dead.is_empty() {
+            return None;
+        }
+        let mut said = String::new();
+        for name in dead {
+            let log = std::fs::read_to_string(self.settings.log_dir.join(format!("{name}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            said.push_str(&format!("\n{name} exited; its log ends:"));
+            for line in tail.into_iter().rev() {
+                said.push_str(&format!("\n  {line}"));
+            }
+        }
+        Some(said)
     }
 
     pub fn log_dir(&self) -> &Path {
