@@ -8,6 +8,7 @@ use reviews_db::DbArgs;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::Role;
+use reviews_service::redis::RedisArgs;
 use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -70,6 +71,10 @@ pub struct ServeArgs {
     pub edges: Edges,
     #[command(flatten)]
     pub db: DbArgs,
+    /// Redis, for rate limits shared by every API process; used only when REDIS_URL or
+    /// REDIS_CLUSTER_NODES is set (otherwise each process limits on its own).
+    #[command(flatten)]
+    pub redis: RedisArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

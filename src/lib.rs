@@ -37,7 +37,8 @@ use crate::config::{AppEnv, Edges, Limits, ServeArgs};
 use crate::graphql::guards::Guards;
 use crate::http::AppState;
 use crate::live::LiveFeed;
-use crate::rate_limit::ClientLimits;
+use crate::rate_limit::{ClientLimits, SharedAllowances};
+use reviews_service::redis::Redis;
 
 /// A running server: where it listens and the task to await until it has shut down.
 pub struct Server {
@@ -51,14 +52,24 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
+    let shared_limits = match args.redis.named() {
+        true => Some(SharedAllowances::new(
+            Redis::new(args.redis.target()?, 4)
+                .context("while reading REDIS_URL / REDIS_CLUSTER_NODES")?,
+            &args.redis.redis_prefix,
+        )),
+        false => None,
+    };
     let settings = ApiSettings {
         keys: args.auth.token_keys(args.app_env)?,
         limits: args.limits.clone(),
         edges: args.edges.clone(),
         app_env: args.app_env,
+        shared_limits: shared_limits.map(Arc::new),
     };
-    let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
-    let live = LiveFeed::start(args.db.pg_config(), db.clone());
+    let targets = args.db.targets()?;
+    let db = Db::connect_lazy(targets.pool, args.db.db_pool_size, targets.pool_mode);
+    let live = LiveFeed::start(targets.session, db.clone());
     serve(db, live, settings, args.api_addr, shutdown).await
 }
 
@@ -69,6 +80,9 @@ pub struct ApiSettings {
     pub limits: Limits,
     pub edges: Edges,
     pub app_env: AppEnv,
+    /// Mutation allowances in Redis, shared with the other API processes (None: this
+    /// process limits on its own).
+    pub shared_limits: Option<Arc<SharedAllowances>>,
 }
 
 impl ApiSettings {
@@ -79,6 +93,7 @@ impl ApiSettings {
             limits: Limits::default(),
             edges: Edges::default(),
             app_env: AppEnv::Development,
+            shared_limits: None,
         }
     }
 }
@@ -93,11 +108,14 @@ pub async fn serve(
 ) -> anyhow::Result<Server> {
     metrics::handle();
     let limits = &settings.limits;
-    let clients = ClientLimits::new(
+    let mut clients = ClientLimits::new(
         limits.mutations_per_user_per_minute,
         limits.mutations_per_ip_per_minute,
         limits.concurrent_per_client,
     );
+    if let Some(shared) = &settings.shared_limits {
+        clients = clients.shared_through(shared.clone());
+    }
     tokio::spawn({
         let clients = clients.clone();
         async move {

@@ -12,9 +12,10 @@ use futures::StreamExt;
 use reviews_db::ratings::RatingSummary;
 use reviews_db::reviews::Review;
 use reviews_db::Db;
+use reviews_db::PgTarget;
 use reviews_service::Backoff;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 /// Events a subscriber may fall behind by before it is dropped.
@@ -33,10 +34,10 @@ pub struct LiveFeed {
 
 impl LiveFeed {
     /// Starts listening in the background for as long as the process runs.
-    pub fn start(config: tokio_postgres::Config, db: Db) -> Self {
+    pub fn start(target: PgTarget, db: Db) -> Self {
         let (sender, _) = broadcast::channel(BUFFER);
         let feed = LiveFeed { sender };
-        tokio::spawn(feed.clone().listen_forever(config, db));
+        tokio::spawn(feed.clone().listen_forever(target, db));
         feed
     }
 
@@ -52,11 +53,11 @@ impl LiveFeed {
         until_lagging(self.sender.subscribe())
     }
 
-    async fn listen_forever(self, mut config: tokio_postgres::Config, db: Db) {
-        config.application_name("reviews-api-live");
+    async fn listen_forever(self, target: PgTarget, db: Db) {
+        let target = target.named("reviews-api-live");
         let mut backoff = Backoff::reconnecting();
         loop {
-            match self.listen(&config, &db).await {
+            match self.listen(&target, &db).await {
                 Ok(()) => backoff.reset(),
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -71,8 +72,8 @@ impl LiveFeed {
         }
     }
 
-    async fn listen(&self, config: &tokio_postgres::Config, db: &Db) -> anyhow::Result<()> {
-        let (client, mut connection) = config.connect(NoTls).await?;
+    async fn listen(&self, target: &PgTarget, db: &Db) -> anyhow::Result<()> {
+        let (client, mut connection) = target.connect().await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -25,11 +25,9 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Migrate { db, log }) => {
             telemetry::init(log.log_format);
-            let (mut client, connection) = db
-                .pg_config()
-                .connect(tokio_postgres::NoTls)
-                .await
-                .context("while connecting to Postgres (DATABASE_URL or DB_*)")?;
+            let (mut client, connection) = db.targets()?.session.connect().await.context(
+                "while connecting to Postgres (DATABASE_DIRECT_URL, DATABASE_URL or DB_*)",
+            )?;
             tokio::spawn(connection);
             let report = reviews_db::migrate::run_migrations(&mut client).await?;
             if report.applied.is_empty() {
@@ -41,7 +39,11 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::PrintSchema) => {
-            let db = reviews_db::Db::connect_lazy(tokio_postgres::Config::new(), 1);
+            let db = reviews_db::Db::connect_lazy(
+                reviews_db::PgTarget::plaintext(tokio_postgres::Config::new()),
+                1,
+                reviews_db::PoolMode::Session,
+            );
             let live = reviews_api::live::LiveFeed::idle();
             let guards = reviews_api::graphql::guards::Guards {
                 limits: Limits::default(),

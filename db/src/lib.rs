@@ -7,11 +7,13 @@
 //! costs a constant number of queries.
 //!
 //! # Layout
-//! - `config`: the connection settings (`DATABASE_URL` or `DB_*`) and the pool.
+//! - `config`: the connection settings (`DATABASE_URL` or `DB_*`, `DB_POOL_MODE`) and the pool.
+//! - `tls`: TLS to Postgres, configured like libpq (`sslmode`, `sslrootcert`).
 //! - `locks`: every advisory-lock key, named once.
 //! - `migrate`: applies `db/migrations/*.sql` (embedded) and keeps the `schema_migrations` ledger.
 //! - `sql`: the counting connection/transaction handle and [`StoreError`].
-//! - `statements`: the pool's connections and the prepared statements each keeps.
+//! - `statements`: the pool's connections and the prepared statements each keeps (none
+//!   behind a transaction pooler).
 //! - `page`: keyset pagination (the position a cursor points at).
 //! - `products`, `reviews`, `ratings`, `notifications`: one module per table.
 //! - `outbox`: claiming events into jobs (the relay's statement).
@@ -36,7 +38,8 @@ pub mod sql;
 pub mod statements;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod webhooks;
 
-pub use config::{Db, DbArgs};
+pub use config::{Db, DbArgs, DbTargets, PgTarget, PoolMode};
 pub use sql::{Sql, StoreError};

@@ -136,14 +136,13 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
 /// they were created before. A schema from before 0015 has nothing to grant yet.
 async fn grant_app_privileges(client: &Client) -> Result<(), MigrateError> {
     let exists: bool = client
-        .query_one(
-            "select to_regproc('grant_app_privileges') is not null",
-            &[],
-        )
+        .query_one("select to_regproc('grant_app_privileges') is not null", &[])
         .await?
         .get(0);
     if exists {
-        client.batch_execute("select grant_app_privileges()").await?;
+        client
+            .batch_execute("select grant_app_privileges()")
+            .await?;
     }
     Ok(())
 }

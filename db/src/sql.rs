@@ -30,15 +30,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn from_pool(error: bb8::RunError<tokio_postgres::Error>) -> Self {
-        match error {
-            bb8::RunError::User(e) => StoreError::Unavailable(e.to_string()),
-            bb8::RunError::TimedOut => {
-                StoreError::Unavailable("timed out waiting for a connection".into())
-            }
-        }
-    }
-
     /// The violated constraint's name, if this is a constraint violation.
     pub fn constraint(&self) -> Option<&str> {
         match self {
@@ -83,7 +74,7 @@ impl AsClient for bb8::PooledConnection<'_, CachingManager> {
         self
     }
     fn cached(&self) -> Option<&CachedClient> {
-        Some(self)
+        Some(&**self).filter(|client| client.keeps_statements())
     }
 }
 
@@ -157,14 +148,17 @@ impl<C: AsClient> Sql<C> {
     }
 
     /// Runs a statement that returns rows: through the connection's prepared statement when
-    /// it keeps them, else as plain text (typed parameters: one round trip).
+    /// it keeps them, else unnamed in one round trip (see [`unnamed`]).
     async fn rows(&self, sql: &str, params: Parameters<'_>) -> Result<Vec<Row>, StoreError> {
         self.count();
         let client = self.client.as_client();
         let result = match (self.prepared(sql, &params.types()).await?, params) {
             (Some(statement), params) => client.query(&statement, &params.values()).await,
-            (None, Parameters::Untyped(values)) => client.query(sql, values).await,
             (None, Parameters::Typed(typed)) => client.query_typed(sql, typed).await,
+            (None, Parameters::Untyped(values)) => match unnamed(values) {
+                Some(typed) => client.query_typed(sql, &typed).await,
+                None => client.query(sql, values).await,
+            },
         };
         self.checked(sql, result)
     }
@@ -175,8 +169,11 @@ impl<C: AsClient> Sql<C> {
         let client = self.client.as_client();
         let result = match (self.prepared(sql, &params.types()).await?, params) {
             (Some(statement), params) => client.execute(&statement, &params.values()).await,
-            (None, Parameters::Untyped(values)) => client.execute(sql, values).await,
             (None, Parameters::Typed(typed)) => client.execute_typed(sql, typed).await,
+            (None, Parameters::Untyped(values)) => match unnamed(values) {
+                Some(typed) => client.execute_typed(sql, &typed).await,
+                None => client.execute(sql, values).await,
+            },
         };
         self.checked(sql, result)
     }
@@ -267,6 +264,56 @@ impl<'p> Parameters<'p> {
             Parameters::Untyped(values) => values.to_vec(),
             Parameters::Typed(typed) => typed.iter().map(|(value, _)| *value).collect(),
         }
+    }
+}
+
+/// The types Postgres is told for a statement run unnamed, read from the Rust values: the
+/// first of [`DECLARED`] each value accepts. Without them tokio-postgres would prepare a
+/// named statement first (a round trip, and a name that a transaction pooler may hand to
+/// another client's session). None when a value accepts none of them (an unusual type): the
+/// statement is then prepared the usual way.
+fn unnamed<'p>(values: Params<'p>) -> Option<Vec<(&'p (dyn ToSql + Sync), Type)>> {
+    values
+        .iter()
+        .map(|value| {
+            DECLARED
+                .iter()
+                .find(|ty| accepts(*value, ty))
+                .map(|ty| (*value, ty.clone()))
+        })
+        .collect()
+}
+
+/// The types a parameter may be declared as, most specific first (a Rust `String` is text,
+/// a `serde_json::Value` jsonb).
+const DECLARED: [Type; 19] = [
+    Type::INT8,
+    Type::INT4,
+    Type::INT2,
+    Type::TEXT,
+    Type::BOOL,
+    Type::FLOAT8,
+    Type::FLOAT4,
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMP,
+    Type::DATE,
+    Type::JSONB,
+    Type::BYTEA,
+    Type::INT8_ARRAY,
+    Type::INT4_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::UUID_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+];
+
+/// Whether `value` can be sent as `ty` (tokio-postgres checks the type before encoding).
+fn accepts(value: &(dyn ToSql + Sync), ty: &Type) -> bool {
+    let mut scratch = bytes::BytesMut::new();
+    match value.to_sql_checked(ty, &mut scratch) {
+        Ok(_) => true,
+        Err(error) => !error.is::<tokio_postgres::types::WrongType>(),
     }
 }
 

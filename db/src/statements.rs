@@ -6,13 +6,18 @@
 //! path. The pool's manager wraps bb8-postgres's and gives each connection a map from SQL
 //! text to its prepared statement; the SQL comes from this crate's code, so the map stays
 //! small (it is cleared if it ever grows past [`MAX_STATEMENTS`]).
+//!
+//! Behind a transaction pooler (`DB_POOL_MODE=transaction`) a connection's statements would
+//! land in whichever server session served the transaction that prepared them: nothing is
+//! kept there, and every statement runs unnamed (see `sql`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// More distinct statements than the code holds means SQL is being built from data: stop
 /// caching it all (clear, and start over).
@@ -22,6 +27,8 @@ const MAX_STATEMENTS: usize = 256;
 pub struct CachedClient {
     client: Client,
     statements: Mutex<HashMap<String, Statement>>,
+    /// False behind a transaction pooler: nothing is prepared.
+    keeps_statements: bool,
 }
 
 impl std::ops::Deref for CachedClient {
@@ -38,6 +45,11 @@ impl std::ops::DerefMut for CachedClient {
 }
 
 impl CachedClient {
+    /// Whether this connection keeps prepared statements.
+    pub fn keeps_statements(&self) -> bool {
+        self.keeps_statements
+    }
+
     /// The prepared statement for `sql` (with these parameter types, if given), preparing it
     /// on first use.
     pub async fn prepared(
@@ -70,8 +82,12 @@ impl CachedClient {
     }
 }
 
-/// bb8-postgres's manager, with a statement cache on every connection.
-pub struct CachingManager(pub PostgresConnectionManager<NoTls>);
+/// bb8-postgres's manager, with a statement cache on every connection (an unused one behind
+/// a transaction pooler).
+pub struct CachingManager {
+    pub inner: PostgresConnectionManager<MakeRustlsConnect>,
+    pub keep_statements: bool,
+}
 
 impl bb8::ManageConnection for CachingManager {
     type Connection = CachedClient;
@@ -79,16 +95,17 @@ impl bb8::ManageConnection for CachingManager {
 
     async fn connect(&self) -> Result<CachedClient, Self::Error> {
         Ok(CachedClient {
-            client: self.0.connect().await?,
+            client: self.inner.connect().await?,
             statements: Mutex::default(),
+            keeps_statements: self.keep_statements,
         })
     }
 
     async fn is_valid(&self, conn: &mut CachedClient) -> Result<(), Self::Error> {
-        self.0.is_valid(&mut conn.client).await
+        self.inner.is_valid(&mut conn.client).await
     }
 
     fn has_broken(&self, conn: &mut CachedClient) -> bool {
-        self.0.has_broken(&mut conn.client)
+        self.inner.has_broken(&mut conn.client)
     }
 }

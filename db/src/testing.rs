@@ -68,7 +68,11 @@ impl TestDatabase {
 
     /// A pooled handle, as the API and worker use.
     pub fn db(&self) -> Db {
-        Db::connect_lazy(self.config.clone(), 8)
+        Db::connect_lazy(
+            crate::PgTarget::plaintext(self.config.clone()),
+            8,
+            crate::PoolMode::Session,
+        )
     }
 
     /// A plain client for the test's own SQL.

@@ -12,6 +12,35 @@ private_redis_port="${PRIVATE_REDIS_PORT:-56379}"
 
 say() { echo "==> $*" >&2; }
 
+# Makes sure commands are there: `need_packages WHY command:package ...` (a command may be a
+# path). What is missing is installed by `install_packages`.
+need_packages() {
+    local why="$1" pair command package missing=()
+    shift
+    for pair in "$@"; do
+        command="${pair%%:*}" package="${pair#*:}"
+        if ! command -v "$command" >/dev/null 2>&1 && [[ ! -x "$command" ]]; then
+            [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
+        fi
+    done
+    [[ ${#missing[@]} -eq 0 ]] || install_packages "$why" "${missing[@]}"
+}
+
+# `install_packages WHY package ...`: from Debian's packages when this is Debian and we are
+# root; otherwise the script stops and says exactly what to install.
+install_packages() {
+    local why="$1"
+    shift
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing $* (Debian packages) for $why"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "$why needs $*: install them (Debian: apt-get install $*)" >&2
+        exit 1
+    fi
+}
+
 postgres_answers() {
     if [[ -n "${DATABASE_URL:-}" ]]; then
         pg_isready --quiet --dbname="$DATABASE_URL" --timeout=3
@@ -44,10 +73,10 @@ start_private_postgres() {
     local initdb pg_ctl data="$dev_dir/postgres"
     initdb="$(find_pg_bin initdb)"
     pg_ctl="$(find_pg_bin pg_ctl)"
-    if [[ -z "$initdb" || -z "$pg_ctl" ]] || ! command -v pg_isready >/dev/null; then
-        echo "Postgres is not reachable and no server binaries were found to start one." >&2
-        echo "Install them (Debian: apt-get install postgresql) or set DATABASE_URL to a running server." >&2
-        exit 1
+    if [[ -z "$initdb" || -z "$pg_ctl" ]]; then
+        install_packages "a private Postgres (none answers; or set DATABASE_URL)" postgresql
+        initdb="$(find_pg_bin initdb)"
+        pg_ctl="$(find_pg_bin pg_ctl)"
     fi
     if [[ "$(id -u)" == 0 ]] && ! id postgres >/dev/null 2>&1; then
         echo "Running as root, but there is no 'postgres' user to own a private cluster; create one (useradd postgres) or run as another user." >&2
@@ -60,20 +89,26 @@ start_private_postgres() {
         [[ "$(id -u)" == 0 ]] && chown postgres "$data"
         as_pg_owner "$initdb" --pgdata="$data" --username=postgres --auth=trust >/dev/null
     fi
+    if [[ ! -f "$data/server.crt" ]]; then
+        # TLS as on a managed server (and as the TLS tests need): a self-signed certificate
+        # for localhost, which is its own CA.
+        need_packages "the private Postgres's certificate" openssl:openssl
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -keyout "$data/server.key" -out "$data/server.crt" >/dev/null 2>&1
+        chmod 600 "$data/server.key"
+    fi
     [[ "$(id -u)" == 0 ]] && chown -R postgres "$data"
     if ! pg_isready --quiet --host=127.0.0.1 --port="$private_pg_port"; then
         say "starting the private Postgres on 127.0.0.1:$private_pg_port"
         as_pg_owner "$pg_ctl" --pgdata="$data" --log="$data/server.log" --wait \
-            -o "-p $private_pg_port -k $data -c listen_addresses=127.0.0.1" start >/dev/null
+            -o "-p $private_pg_port -k $data -c listen_addresses=127.0.0.1 -c ssl=on" start >/dev/null
     fi
     export DATABASE_URL="postgres://postgres@127.0.0.1:$private_pg_port/${DB_NAME:-reviews}"
 }
 
 ensure_postgres() {
-    command -v pg_isready >/dev/null || {
-        echo "pg_isready (the Postgres client tools) is missing: apt-get install postgresql-client" >&2
-        exit 1
-    }
+    need_packages "reaching Postgres" pg_isready:postgresql-client psql:postgresql-client
     if postgres_answers; then
         return
     fi
@@ -94,10 +129,7 @@ ensure_redis() {
     if redis_answers; then
         return
     fi
-    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-        echo "Redis is not reachable and redis-server is not installed (Debian: apt-get install redis-server), or set REDIS_URL." >&2
-        exit 1
-    fi
+    need_packages "a private Redis (none answers; or set REDIS_URL)" redis-server:redis-server redis-cli:redis-server
     mkdir -p "$dev_dir/redis"
     say "starting a private Redis on 127.0.0.1:$private_redis_port"
     redis-server --bind 127.0.0.1 --port "$private_redis_port" --daemonize yes --save "" \

@@ -7,9 +7,13 @@
 //! - `metrics`: the Prometheus recorder and its one list of latency buckets.
 //! - `shutdown`: the signal (SIGINT or SIGTERM) that starts a graceful stop.
 //! - `backoff`: capped exponential backoff for loops that can fail.
+//! - `pool`: the reason a pool checkout timed out.
+//! - `redis`: reaching Redis (one server or a cluster, TLS) and its connections.
 
 pub mod backoff;
 pub mod metrics;
+pub mod pool;
+pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
 

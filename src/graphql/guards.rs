@@ -268,7 +268,7 @@ impl Extension for GuardedOperation {
                 let client = ctx.data_opt::<ClientAddr>().and_then(|c| c.0);
                 let units = facts.root_fields.max(1) as u32;
                 let clients = &self.guards.clients;
-                if let Err(refusal) = clients.check_mutations(user_of(ctx), client, units) {
+                if let Err(refusal) = clients.check_mutations(user_of(ctx), client, units).await {
                     return Err(vec![refusal_error(refusal)]);
                 }
             }

@@ -54,6 +54,7 @@ async fn hostile_requests_get_clean_errors_and_change_nothing() {
         limits: Limits::default(),
         edges: Default::default(),
         app_env: AppEnv::Production,
+        shared_limits: None,
     };
     let app = TestApp::spawn_with(database, db, settings, secret).await;
     let product = app.create_product("owner", "Kettle").await;

@@ -85,7 +85,15 @@ async fn readyz_answers_503_while_postgres_is_unreachable_and_recovers_by_itself
     if let Some(password) = database.config.get_password() {
         config.password(password);
     }
-    let app = TestApp::spawn_on(database, Db::connect_lazy(config, 4)).await;
+    let app = TestApp::spawn_on(
+        database,
+        Db::connect_lazy(
+            reviews_db::PgTarget::plaintext(config),
+            4,
+            reviews_db::PoolMode::Session,
+        ),
+    )
+    .await;
     let ready = || async {
         app.http
             .get(app.url("/readyz"))

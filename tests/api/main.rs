@@ -5,6 +5,7 @@ mod bad_input;
 mod batching;
 mod browser;
 mod concurrency;
+mod deploy;
 mod edges;
 mod hostile;
 mod http;

@@ -41,6 +41,7 @@ async fn app_with(
             limits,
             edges: Default::default(),
             app_env,
+            shared_limits: None,
         },
         secret,
     )

@@ -45,7 +45,10 @@ impl TestApp {
     ) -> Self {
         let keys = settings.keys.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let live = reviews_api::live::LiveFeed::start(database.config.clone(), db.clone());
+        let live = reviews_api::live::LiveFeed::start(
+            reviews_db::PgTarget::plaintext(database.config.clone()),
+            db.clone(),
+        );
         let server = reviews_api::serve(
             db.clone(),
             live,
@@ -204,7 +207,7 @@ pub struct TestWorker {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| {
         let host = std::env::var("REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
         let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
@@ -214,10 +217,18 @@ fn redis_url() -> String {
 
 impl TestApp {
     pub async fn start_worker(&self) -> TestWorker {
+        self.start_worker_with(|_| {}).await
+    }
+
+    /// A worker whose settings `adjust` changes first (another Redis, a pooler).
+    pub async fn start_worker_with(
+        &self,
+        adjust: impl FnOnce(&mut reviews_worker::config::WorkerArgs),
+    ) -> TestWorker {
         use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let mut db = reviews_db::DbArgs::local("unused");
-        db.database_url = Some(self.database.config.clone());
+        db.database_url = Some(self.database.config.clone().into());
         let mut redis = RedisArgs::local(&prefix);
         redis.redis_url = Some(redis_url());
         let args = WorkerArgs {
@@ -232,6 +243,8 @@ impl TestApp {
             run_ledger: None,
             log_format: reviews_service::LogFormat::Text,
         };
+        let mut args = args;
+        adjust(&mut args);
         let (stop, stopped) = oneshot::channel::<()>();
         let worker = reviews_worker::start(
             &args,

@@ -24,6 +24,7 @@ async fn app_with(limits: Limits, edges: Edges) -> TestApp {
         limits,
         edges,
         app_env: AppEnv::Development,
+        shared_limits: None,
     };
     TestApp::spawn_with(database, db, settings, secret).await
 }

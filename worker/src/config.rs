@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reviews_db::DbArgs;
+pub use reviews_service::redis::RedisArgs;
 use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -82,90 +83,6 @@ impl WorkerArgs {
         );
         Ok(())
     }
-}
-
-/// Where Redis is. `REDIS_URL` wins; otherwise the `REDIS_*` parts are used.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RedisArgs {
-    /// Redis URL (redis://[:password@]host:port[/db]); overrides the REDIS_* parts.
-    #[arg(
-        long = "redis-url",
-        env = "REDIS_URL",
-        value_name = "REDIS_URL",
-        hide_env_values = true
-    )]
-    pub redis_url: Option<String>,
-    /// Redis host, used when REDIS_URL is not set.
-    #[arg(
-        long = "redis-host",
-        env = "REDIS_HOST",
-        value_name = "REDIS_HOST",
-        default_value = "127.0.0.1"
-    )]
-    pub redis_host: String,
-    /// Redis port.
-    #[arg(
-        long = "redis-port",
-        env = "REDIS_PORT",
-        value_name = "REDIS_PORT",
-        default_value_t = 6379
-    )]
-    pub redis_port: u16,
-    /// Redis password (none by default).
-    #[arg(
-        long = "redis-password",
-        env = "REDIS_PASSWORD",
-        value_name = "REDIS_PASSWORD",
-        hide_env_values = true
-    )]
-    pub redis_password: Option<String>,
-    /// Prefix of every Redis key (wrapped in a hash tag, so all keys share a cluster slot).
-    #[arg(long = "redis-prefix", env = "REDIS_PREFIX", value_name = "REDIS_PREFIX", default_value = "reviews",
-          value_parser = parse_prefix)]
-    pub redis_prefix: String,
-}
-
-fn parse_prefix(value: &str) -> Result<String, String> {
-    if value.is_empty() || value.len() > 64 || value.contains(['{', '}', ' ']) {
-        return Err("1 to 64 characters, without braces or spaces".into());
-    }
-    Ok(value.to_owned())
-}
-
-impl RedisArgs {
-    pub fn local(prefix: &str) -> Self {
-        RedisArgs {
-            redis_url: None,
-            redis_host: "127.0.0.1".into(),
-            redis_port: 6379,
-            redis_password: None,
-            redis_prefix: prefix.into(),
-        }
-    }
-
-    /// The URL these settings describe.
-    pub fn url(&self) -> String {
-        if let Some(url) = &self.redis_url {
-            return url.clone();
-        }
-        let auth = match &self.redis_password {
-            Some(password) => format!(":{}@", percent_encode(password)),
-            None => String::new(),
-        };
-        format!("redis://{auth}{}:{}", self.redis_host, self.redis_port)
-    }
-}
-
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// How the worker paces itself. Durations take units: `250ms`, `5s`, `1m`.

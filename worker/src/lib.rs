@@ -83,10 +83,11 @@ pub async fn start(
 ) -> anyhow::Result<Worker> {
     args.validate()?;
     let tuning = &args.tuning;
-    let db = Db::connect_lazy(args.db.pg_config(), args.db.db_pool_size);
+    let targets = args.db.targets()?;
+    let db = Db::connect_lazy(targets.pool, args.db.db_pool_size, targets.pool_mode);
     let queue = Arc::new(
-        JobQueue::new(&args.redis.url(), &args.redis.redis_prefix)
-            .context("while reading REDIS_URL / REDIS_*")?,
+        JobQueue::new(args.redis.target()?, &args.redis.redis_prefix)
+            .context("while reading REDIS_URL / REDIS_CLUSTER_NODES / REDIS_*")?,
     );
     if let Err(error) = give_new_kinds_their_policies(&db, &registry).await {
         // A kind without a row retries on the fallback schedule meanwhile.
@@ -104,11 +105,7 @@ pub async fn start(
     let token = CancellationToken::new();
     let bells = Bells::default();
     let listener_connection = ListenerConnection::default();
-    let listener = Listener::new(
-        args.db.pg_config(),
-        bells.clone(),
-        listener_connection.clone(),
-    );
+    let listener = Listener::new(targets.session, bells.clone(), listener_connection.clone());
     let listener_reconnects = listener.reconnects();
     let statement = relay::statement_for(&registry);
     let runner = Runner::new(
@@ -124,7 +121,7 @@ pub async fn start(
             poll_interval: tuning.poll_interval,
         },
     );
-    let reconciler = Reconciler::new(db.clone(), queue.clone());
+    let reconciler = Reconciler::new(db.clone(), queue.clone(), tuning.lease);
     let relay = Relay {
         db: db.clone(),
         queue: queue.clone(),

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use reviews_db::PgTarget;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use reviews_service::Backoff;
@@ -38,7 +39,7 @@ impl Bells {
 }
 
 pub struct Listener {
-    config: tokio_postgres::Config,
+    target: PgTarget,
     bells: Bells,
     connection: ListenerConnection,
     /// Connections made, so each has a number of its own.
@@ -56,14 +57,9 @@ impl Drop for ClearedOnDrop<'_> {
 }
 
 impl Listener {
-    pub fn new(
-        mut config: tokio_postgres::Config,
-        bells: Bells,
-        connection: ListenerConnection,
-    ) -> Self {
-        config.application_name(APPLICATION_NAME);
+    pub fn new(target: PgTarget, bells: Bells, connection: ListenerConnection) -> Self {
         Listener {
-            config,
+            target: target.named(APPLICATION_NAME),
             bells,
             connection,
             connections: Default::default(),
@@ -108,7 +104,7 @@ impl Listener {
         backoff: &mut Backoff,
         connected_before: &mut bool,
     ) -> anyhow::Result<()> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.target.connect().await?;
         let (notifications, mut received) = mpsc::unbounded_channel::<String>();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -7,7 +7,8 @@
 //! It runs on its own fixed cadence (`OUTBOX_POLL_INTERVAL`), whatever the doorbell does, so
 //! a job Redis forgot runs within `RECONCILE_AFTER` plus one interval even under steady
 //! writes; and at once when a job is made pending outside the relay (the `jobs` bell). On the
-//! same cadence it samples the backlog gauges.
+//! same cadence it samples the backlog gauges and forgets the consumers of runners that are
+//! gone (holding nothing, silent for three leases), so the group lists live runners.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +27,17 @@ const PASS_LIMIT: i64 = 1_000;
 pub struct Reconciler {
     db: Db,
     queue: Arc<JobQueue>,
+    /// How long a consumer holding nothing may stay silent before it is forgotten.
+    forget_consumers_after: Duration,
 }
 
 impl Reconciler {
-    pub fn new(db: Db, queue: Arc<JobQueue>) -> Self {
-        Reconciler { db, queue }
+    pub fn new(db: Db, queue: Arc<JobQueue>, lease: Duration) -> Self {
+        Reconciler {
+            db,
+            queue,
+            forget_consumers_after: lease * 3,
+        }
     }
 
     /// Reconciles every `interval` (jobs overdue by more than `grace`) and whenever `jobs`
@@ -51,6 +58,11 @@ impl Reconciler {
                 _ = tick.tick() => {
                     if let Err(error) = self.record_gauges().await {
                         tracing::warn!(error = format!("{error:#}"), "sampling the backlog failed");
+                    }
+                    match self.queue.forget_departed_consumers(self.forget_consumers_after).await {
+                        Ok(0) => {}
+                        Ok(forgotten) => tracing::info!(forgotten, "forgot the consumers of departed runners"),
+                        Err(error) => tracing::warn!(error = %error, "forgetting departed consumers failed"),
                     }
                     grace
                 }

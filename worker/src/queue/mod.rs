@@ -14,20 +14,18 @@
 //! - `{prefix}:known`: the set of job ids the queue holds (stream, pending or delayed), so
 //!   enqueueing the same job twice adds it once.
 //!
-//! # Layout
-//! - `connections`: the pool that replaces failed connections; blocking-read connections.
-//! - `scripts`: the Lua scripts (atomic, every key declared).
+//! The connections (one server or a cluster, TLS) are `reviews_service::redis`'s; the Lua
+//! scripts (atomic, every key declared) are in `scripts`.
 
-mod connections;
 mod scripts;
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::{Script, Value};
+pub use reviews_service::redis::means_connection_lost;
+use reviews_service::redis::{Checkout, Connection, Redis, RedisTarget};
 
-pub use connections::means_connection_lost;
 use scripts::*;
 
 /// The consumer group every runner reads through.
@@ -37,8 +35,6 @@ pub const GROUP: &str = "runners";
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(String),
     /// A blocking read got no answer long after its block time: Redis is paused or the
     /// connection hangs. The connection is dropped.
     #[error("redis did not answer a blocking read within {0:?}")]
@@ -62,11 +58,10 @@ struct Keys {
 /// given up as hung.
 const READ_MARGIN: Duration = Duration::from_secs(2);
 
-/// The queue's handle: a pool for ordinary commands (failed connections are replaced) and
-/// dedicated connections for blocking reads, which would stall a shared connection.
+/// The queue's handle: shared connections for ordinary commands (failed ones are replaced)
+/// and dedicated connections for blocking reads, which would stall a shared connection.
 pub struct JobQueue {
-    client: redis::Client,
-    pool: connections::Pool,
+    redis: Redis,
     keys: Keys,
     enqueue: Script,
     finish: Script,
@@ -75,27 +70,25 @@ pub struct JobQueue {
     promote: Script,
     heartbeat: Script,
     discard: Script,
+    forget_consumers: Script,
 }
 
-type Pooled<'a> = bb8::PooledConnection<'a, connections::Manager>;
-
-/// Runs a command on a pooled connection, marking the connection broken if the command
+/// Runs a command on a checked-out connection, giving the connection up if the command
 /// failed because of it.
 macro_rules! on {
     ($conn:expr, $command:expr) => {{
-        let conn: &mut Pooled<'_> = &mut $conn;
-        let result = $command(conn.connection()).await;
+        let conn: &mut Checkout<'_> = &mut $conn;
+        let result = $command(&mut *conn).await;
         conn.check(result)?
     }};
 }
 
 impl JobQueue {
-    pub fn new(url: &str, prefix: &str) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url)?;
+    /// The queue under `prefix` on `target` (connects lazily).
+    pub fn new(target: RedisTarget, prefix: &str) -> Result<Self, QueueError> {
         let tag = format!("{{{prefix}}}");
         Ok(JobQueue {
-            client,
-            pool: connections::pool(url, 8)?,
+            redis: Redis::new(target, 8)?,
             keys: Keys {
                 stream: format!("{tag}:jobs"),
                 delayed: format!("{tag}:delayed"),
@@ -108,21 +101,22 @@ impl JobQueue {
             promote: Script::new(PROMOTE),
             heartbeat: Script::new(HEARTBEAT),
             discard: Script::new(DISCARD),
+            forget_consumers: Script::new(FORGET_CONSUMERS),
         })
     }
 
-    async fn conn(&self) -> Result<Pooled<'_>, QueueError> {
-        self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => QueueError::Redis(e),
-            bb8::RunError::TimedOut => {
-                QueueError::Pool("timed out waiting for a Redis connection".into())
-            }
-        })
+    /// The queue on one server at `url` (tests, tools).
+    pub fn at_url(url: &str, prefix: &str) -> Result<Self, QueueError> {
+        Self::new(RedisTarget::server(url), prefix)
+    }
+
+    async fn conn(&self) -> Result<Checkout<'_>, QueueError> {
+        Ok(self.redis.checkout().await?)
     }
 
     /// A connection for blocking reads: its own socket, no response timeout.
-    pub async fn blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
-        Ok(connections::dedicated(&self.client).await?)
+    pub async fn blocking_connection(&self) -> Result<Connection, QueueError> {
+        Ok(self.redis.dedicated().await?)
     }
 
     /// Creates the stream and the consumer group if they are missing (first start, or Redis
@@ -137,7 +131,7 @@ impl JobQueue {
             .arg("MKSTREAM")
             .to_owned();
         let created: Result<(), redis::RedisError> = {
-            let result = command.query_async(conn.connection()).await;
+            let result = command.query_async(&mut conn).await;
             conn.check(result)
         };
         match created {
@@ -198,7 +192,7 @@ impl JobQueue {
     /// [`QueueError::ReadTimedOut`]: drop that connection.
     pub async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         consumer: &str,
         count: usize,
         block: Duration,
@@ -343,6 +337,31 @@ impl JobQueue {
         let (moved, wait_ms): (usize, i64) = on!(conn, |c| invocation.invoke_async(c));
         let next = (wait_ms >= 0).then(|| Duration::from_millis(wait_ms as u64));
         Ok((moved, next))
+    }
+
+    /// Deletes the group's consumers that hold nothing and have not read for `idle` (their
+    /// runners are gone); returns how many.
+    pub async fn forget_departed_consumers(&self, idle: Duration) -> Result<usize, QueueError> {
+        let mut invocation = self.forget_consumers.key(&self.keys.stream);
+        invocation.arg(GROUP).arg(idle.as_millis() as u64);
+        let mut conn = self.conn().await?;
+        Ok(on!(conn, |c| invocation.invoke_async(c)))
+    }
+
+    /// The group's consumers: (name, deliveries held).
+    pub async fn consumers(&self) -> Result<Vec<(String, usize)>, QueueError> {
+        let command = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .to_owned();
+        let mut conn = self.conn().await?;
+        let reply: redis::streams::StreamInfoConsumersReply = on!(conn, |c| command.query_async(c));
+        Ok(reply
+            .consumers
+            .into_iter()
+            .map(|c| (c.name, c.pending))
+            .collect())
     }
 
     /// Entries waiting in the stream plus those delivered and not yet acknowledged, and the

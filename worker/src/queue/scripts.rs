@@ -94,3 +94,21 @@ for i = 2, #ARGV do entries[#entries + 1] = ARGV[i] end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
 redis.call('XDEL', KEYS[1], unpack(entries))
 return #entries";
+
+/// Deletes the consumers of group ARGV[1] that hold no delivery and have not read for ARGV[2]
+/// ms: runners that are gone (a killed worker's consumer would otherwise stay in the group
+/// for ever). Atomic, so a consumer that reads meanwhile is not deleted with a delivery in
+/// hand; a live runner deleted while idle is created again by its next read. Returns how
+/// many were deleted.
+pub const FORGET_CONSUMERS: &str = r"
+local forgotten = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local fields = {}
+    for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+    if fields['pending'] == 0 and fields['idle'] > tonumber(ARGV[2]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+        forgotten = forgotten + 1
+    end
+end
+return forgotten
+";

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -207,6 +207,19 @@ async fn an_idle_worker_takes_back_the_jobs_a_dead_worker_held() {
     let worker = p.start_worker().await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     let taken_back = worker.worker.stats.taken_back.load(Ordering::Relaxed);
+    // Holding nothing now, the dead worker's consumer is forgotten after three leases.
+    let forgotten_within = Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers = worker.worker.queue.consumers().await.unwrap();
+        if !consumers.iter().any(|(name, _)| name == "dead-worker") {
+            break;
+        }
+        assert!(
+            Instant::now() < forgotten_within,
+            "the dead worker's consumer is still in the group: {consumers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     worker.stop().await;
     assert_eq!(taken_back, 1);
     assert_eq!(
@@ -467,7 +480,7 @@ async fn deliver_to_a_dead_worker(p: &TestPipeline, job: i64) -> String {
 #[tokio::test]
 async fn a_stalled_runner_neither_takes_its_lease_back_nor_records_an_outcome() {
     let p = TestPipeline::new().await;
-    let queue = reviews_worker::queue::JobQueue::new(&p.redis_url, &p.prefix).unwrap();
+    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
     let job: i64 = p
         .client()
         .await
@@ -552,7 +565,7 @@ async fn a_stalled_runner_neither_takes_its_lease_back_nor_records_an_outcome() 
 #[tokio::test]
 async fn take_back_reaches_expired_leases_behind_live_ones_and_discards_unreadable_entries() {
     let p = TestPipeline::new().await;
-    let queue = reviews_worker::queue::JobQueue::new(&p.redis_url, &p.prefix).unwrap();
+    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
     queue.ensure_group().await.unwrap();
     let stream = format!("{{{}}}:jobs", p.prefix);
     let mut redis = p.redis().await;
@@ -653,4 +666,51 @@ async fn take_back_reaches_expired_leases_behind_live_ones_and_discards_unreadab
         "the unreadable entry is gone from the pending list"
     );
     assert!(pending.iter().all(|p| p.1 != "dead"));
+}
+
+#[tokio::test]
+async fn a_consumer_is_forgotten_only_once_it_holds_no_delivery() {
+    let p = TestPipeline::new().await;
+    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
+    queue.ensure_group().await.unwrap();
+    queue.enqueue(&[7]).await.unwrap();
+    let mut reader = queue.blocking_connection().await.unwrap();
+    let held = queue
+        .read(&mut reader, "gone", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        queue
+            .forget_departed_consumers(Duration::from_millis(1))
+            .await
+            .unwrap(),
+        0,
+        "a consumer holding a delivery stays (deleting it would drop the delivery)"
+    );
+    let mut cursor = "0-0".to_owned();
+    let taken = queue
+        .take_back_expired("alive", Duration::from_millis(1), 10, &mut cursor)
+        .await
+        .unwrap();
+    queue.finish_all(&taken).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        queue
+            .forget_departed_consumers(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0,
+        "not silent long enough"
+    );
+    assert_eq!(
+        queue
+            .forget_departed_consumers(Duration::from_millis(1))
+            .await
+            .unwrap(),
+        2,
+        "both hold nothing now"
+    );
+    assert!(queue.consumers().await.unwrap().is_empty());
 }

@@ -104,7 +104,7 @@ impl TestPipeline {
     /// Settings with timings short enough for tests.
     pub fn args(&self) -> WorkerArgs {
         let mut db = DbArgs::local("unused");
-        db.database_url = Some(self.database.config.clone());
+        db.database_url = Some(self.database.config.clone().into());
         db.db_pool_size = 8;
         let mut redis = RedisArgs::local(&self.prefix);
         redis.redis_url = Some(self.redis_url.clone());

@@ -1,0 +1,9 @@
+//! Where our users deploy: TLS to Postgres and Redis, Redis Cluster, PgBouncer in
+//! transaction mode, several API processes sharing rate limits. The servers are the
+//! system's binaries on loopback ports (`servers`).
+
+mod cluster;
+mod pgbouncer;
+mod replicas;
+mod servers;
+mod tls;

@@ -1,0 +1,398 @@
+//! Servers the deployment tests start from the system's binaries, each on loopback ports
+//! with a directory of its own, each stopped by its process id when dropped: a CA made with
+//! openssl, a Redis that speaks only TLS, a six-node Redis Cluster, PgBouncer in
+//! transaction mode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A directory of a test's own under the system's temporary directory, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("reviews-{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A certificate authority made with openssl, and the certificates it issues.
+pub struct TestCa {
+    dir: PathBuf,
+    name: String,
+}
+
+impl TestCa {
+    /// A new CA (an EC key and a self-signed CA certificate) named `name` in `scratch`.
+    pub fn new(scratch: &Scratch, name: &str) -> Self {
+        let ca = TestCa {
+            dir: scratch.0.clone(),
+            name: name.to_owned(),
+        };
+        run(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                ])
+                .args(["-nodes", "-days", "1", "-subj"])
+                .arg(format!("/CN=reviews test CA {name}"))
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(ca.key())
+                .arg("-out")
+                .arg(ca.cert()),
+            "openssl making a CA (apt-get install openssl)",
+        );
+        ca
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join(format!("{}-ca.pem", self.name))
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join(format!("{}-ca.key", self.name))
+    }
+
+    /// A server certificate for localhost and 127.0.0.1 signed by this CA: (cert, key).
+    pub fn issue_server(&self, server: &str) -> (PathBuf, PathBuf) {
+        let cert = self.dir.join(format!("{server}.pem"));
+        let key = self.dir.join(format!("{server}.key"));
+        let csr = self.dir.join(format!("{server}.csr"));
+        let extensions = self.dir.join(format!("{server}.ext"));
+        std::fs::write(
+            &extensions,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                ])
+                .args(["-nodes", "-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr),
+            "openssl making a server key",
+        );
+        run(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(self.cert())
+                .arg("-CAkey")
+                .arg(self.key())
+                .arg("-extfile")
+                .arg(&extensions)
+                .arg("-out")
+                .arg(&cert),
+            "openssl signing a server certificate",
+        );
+        (cert, key)
+    }
+}
+
+/// Ports nobody listens on right now: `count` consecutive ones starting at the returned
+/// port, each with its `+ offset` twin free too (a cluster node's bus port).
+pub fn free_ports(count: u16, offset: u16) -> u16 {
+    for _ in 0..200 {
+        let first = 20_000 + (rand_port() % 20_000);
+        let free = (0..count).all(|i| {
+            [first + i, first + i + offset]
+                .iter()
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        });
+        if free {
+            return first;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn rand_port() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() % 65_536) as u16
+}
+
+/// Waits until `port` on loopback accepts connections.
+async fn wait_for_port(port: u16, what: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not listen on port {port}");
+}
+
+/// A process killed by its process id when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A redis-server that accepts only TLS, with a certificate from `ca`.
+pub struct TlsRedis {
+    pub port: u16,
+    _process: Killed,
+}
+
+impl TlsRedis {
+    pub async fn start(ca: &TestCa, scratch: &Scratch) -> Self {
+        let (cert, key) = ca.issue_server("redis");
+        let port = free_ports(1, 0);
+        let process = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca.cert())
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&scratch.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        let process = Killed(process);
+        wait_for_port(port, "the TLS redis-server").await;
+        TlsRedis {
+            port,
+            _process: process,
+        }
+    }
+}
+
+/// Six redis-server processes in a cluster (scripts/lib/redis-cluster), stopped by their
+/// process ids when dropped.
+pub struct RedisCluster {
+    scratch: Scratch,
+    pub seeds: Vec<String>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let scratch = Scratch::new("redis-cluster");
+        let first = free_ports(6, 10_000);
+        let output = Command::new(repo().join("scripts/lib/redis-cluster"))
+            .arg("start")
+            .arg(&scratch.0)
+            .arg(first.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "starting the cluster: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seeds = String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        RedisCluster { scratch, seeds }
+    }
+
+    /// A primary that does not own `key`'s slot: a client pointed there is answered MOVED.
+    pub async fn node_not_owning(&self, key: &str) -> String {
+        non_owner(&self.seeds, key).await
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/lib/redis-cluster"))
+            .arg("stop")
+            .arg(&self.scratch.0)
+            .status();
+    }
+}
+
+/// Of a cluster's nodes, a primary that does not own `key`'s slot.
+pub async fn non_owner(seeds: &[String], key: &str) -> String {
+    let client = redis::Client::open(format!("redis://{}", seeds[0])).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Each entry: start, end, [host, port, id], replicas...
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for range in ranges {
+        let redis::Value::Array(parts) = range else {
+            continue;
+        };
+        let (redis::Value::Int(start), redis::Value::Int(end)) = (&parts[0], &parts[1]) else {
+            continue;
+        };
+        if (*start..=*end).contains(&slot) {
+            continue;
+        }
+        let redis::Value::Array(primary) = &parts[2] else {
+            continue;
+        };
+        let (redis::Value::BulkString(host), redis::Value::Int(port)) = (&primary[0], &primary[1])
+        else {
+            continue;
+        };
+        return format!("{}:{port}", String::from_utf8_lossy(host));
+    }
+    panic!("no primary without slot {slot}");
+}
+
+/// PgBouncer in transaction mode in front of the test Postgres (trust authentication, as the
+/// test server), switching to the `postgres` user when the tests run as root.
+pub struct PgBouncer {
+    pub port: u16,
+    _process: Killed,
+    _scratch: Scratch,
+}
+
+impl PgBouncer {
+    pub async fn start(server: &tokio_postgres::Config) -> Self {
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .expect(
+                "pgbouncer must be installed (scripts/test installs it: apt-get install pgbouncer)",
+            );
+        let scratch = Scratch::new("pgbouncer");
+        let port = free_ports(1, 0);
+        let (host, server_port) = match (server.get_hosts().first(), server.get_ports().first()) {
+            (Some(tokio_postgres::config::Host::Tcp(host)), Some(port)) => (host.clone(), *port),
+            _ => ("127.0.0.1".into(), 5432),
+        };
+        let user = server.get_user().unwrap_or("postgres").to_owned();
+        std::fs::write(scratch.path("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        std::fs::write(
+            scratch.path("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host={host} port={server_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+                 max_client_conn = 500\ndefault_pool_size = 8\nlogfile = {log}\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                users = scratch.path("users.txt").display(),
+                log = scratch.path("pgbouncer.log").display(),
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(binary);
+        if running_as_root() {
+            // PgBouncer refuses to run as root; -u makes it switch user itself, so the
+            // process id is PgBouncer's own.
+            run(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres")
+                    .arg(&scratch.0),
+                "chown the pgbouncer directory",
+            );
+            command.args(["-u", "postgres"]);
+        }
+        let process = command
+            .arg(scratch.path("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Killed(process);
+        wait_for_port(port, "pgbouncer").await;
+        PgBouncer {
+            port,
+            _process: process,
+            _scratch: scratch,
+        }
+    }
+
+    /// `server`'s settings, through this pooler.
+    pub fn config(&self, server: &tokio_postgres::Config) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(self.port);
+        if let Some(user) = server.get_user() {
+            config.user(user);
+        }
+        if let Some(dbname) = server.get_dbname() {
+            config.dbname(dbname);
+        }
+        if let Some(password) = server.get_password() {
+            config.password(password);
+        }
+        config
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
