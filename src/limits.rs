@@ -1,8 +1,14 @@
 //! What a request's document says about itself, read before it runs: which kind of operation
 //! it is (for the GET rule and the rate limits), how many root fields it asks (a mutation
 //! costs one unit of rate limit per root field), how many aliases it uses (alias
-//! overloading), whether it introspects. The guards (`graphql::guards`) act on these; depth,
-//! complexity and directives are limited by the schema itself (`graphql::build_schema`).
+//! overloading), whether it introspects, how deeply it nests. The guards (`graphql::guards`)
+//! act on these; complexity and directives are limited by the schema itself
+//! (`graphql::build_schema`).
+//!
+//! Depth is counted here rather than by the schema's limit because introspection is
+//! counted apart: graphql-js's standard introspection query (what GraphiQL's docs,
+//! graphql-codegen, Rover, Postman and Insomnia send) nests its type references 15 levels
+//! deep, more than any user query needs, and must not be refused for it.
 
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
@@ -19,6 +25,11 @@ pub struct DocumentFacts {
     pub aliases: usize,
     /// Whether it asks for `__schema` or `__type` (refused in production).
     pub introspects: bool,
+    /// The deepest nesting of fields outside introspection, fragments inlined (as
+    /// async-graphql counts it).
+    pub depth: usize,
+    /// The deepest nesting inside a `__schema` or `__type` field, counted from it.
+    pub introspection_depth: usize,
 }
 
 /// Reads the facts, or None when the document does not parse (the executor reports that).
@@ -33,11 +44,107 @@ pub fn inspect_document(
     document: &ExecutableDocument,
     operation_name: Option<&str>,
 ) -> DocumentFacts {
+    let depths = measure_depths(document);
     DocumentFacts {
         operation: operation_type(document, operation_name),
         root_fields: root_fields(document, operation_name),
         aliases: count_aliases(document),
         introspects: introspects(document),
+        depth: depths.user,
+        introspection_depth: depths.introspection,
+    }
+}
+
+#[derive(Default)]
+struct Depths {
+    user: usize,
+    introspection: usize,
+}
+
+/// How deep a document nests, every operation and fragment spread included.
+fn measure_depths(document: &ExecutableDocument) -> Depths {
+    let mut depths = Depths::default();
+    let mut spreading = Vec::new();
+    for (_, operation) in document.operations.iter() {
+        walk(
+            document,
+            &operation.node.selection_set,
+            0,
+            false,
+            &mut spreading,
+            &mut depths,
+        );
+    }
+    depths
+}
+
+/// Nesting deeper than this is not measured further (validation refuses it anyway).
+const DEEPEST_MEASURED: usize = 256;
+
+/// Visits `set` whose fields sit at `depth + 1`; a `__schema` or `__type` field starts an
+/// introspection count of its own. `spreading` holds the fragments being inlined, so a
+/// fragment cycle (which validation refuses) ends here.
+fn walk<'d>(
+    document: &'d ExecutableDocument,
+    set: &'d Positioned<SelectionSet>,
+    depth: usize,
+    introspecting: bool,
+    spreading: &mut Vec<&'d str>,
+    depths: &mut Depths,
+) {
+    if depth >= DEEPEST_MEASURED {
+        return;
+    }
+    for item in &set.node.items {
+        match &item.node {
+            Selection::Field(field) => {
+                let name = field.node.name.node.as_str();
+                let (depth, introspecting) = match name {
+                    "__schema" | "__type" if !introspecting => (1, true),
+                    _ => (depth + 1, introspecting),
+                };
+                let deepest = match introspecting {
+                    true => &mut depths.introspection,
+                    false => &mut depths.user,
+                };
+                *deepest = (*deepest).max(depth);
+                walk(
+                    document,
+                    &field.node.selection_set,
+                    depth,
+                    introspecting,
+                    spreading,
+                    depths,
+                );
+            }
+            Selection::InlineFragment(fragment) => walk(
+                document,
+                &fragment.node.selection_set,
+                depth,
+                introspecting,
+                spreading,
+                depths,
+            ),
+            Selection::FragmentSpread(spread) => {
+                let name = spread.node.fragment_name.node.as_str();
+                let Some(fragment) = document.fragments.get(&spread.node.fragment_name.node) else {
+                    continue;
+                };
+                if spreading.contains(&name) {
+                    continue;
+                }
+                spreading.push(name);
+                walk(
+                    document,
+                    &fragment.node.selection_set,
+                    depth,
+                    introspecting,
+                    spreading,
+                    depths,
+                );
+                spreading.pop();
+            }
+        }
     }
 }
 
@@ -156,6 +263,31 @@ mod tests {
                 .introspects
         );
         assert_eq!(facts.operation, Some(OperationType::Query));
+    }
+
+    #[test]
+    fn depth_counts_fields_through_fragments_and_introspection_apart() {
+        let facts = inspect(
+            "query { products { edges { node { ...N } } } }
+             fragment N on Product { reviews { edges { node { id } } } }",
+            None,
+        )
+        .unwrap();
+        assert_eq!(facts.depth, 7);
+        assert_eq!(facts.introspection_depth, 0);
+        let facts = inspect(
+            "{ __typename products { edges { cursor } } __schema { types { fields { type { ofType { name } } } } } }",
+            None,
+        )
+        .unwrap();
+        assert_eq!((facts.depth, facts.introspection_depth), (3, 6));
+        // A fragment cycle (refused by validation) does not loop here.
+        let cycle = inspect(
+            "{ ...A } fragment A on Query { ...B } fragment B on Query { products { edges { cursor } } ...A }",
+            None,
+        )
+        .unwrap();
+        assert_eq!(cycle.depth, 3);
     }
 
     #[test]

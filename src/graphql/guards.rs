@@ -1,8 +1,9 @@
 //! One set of guards for every transport: an async-graphql extension, so an operation is
 //! guarded the same whether it arrives by POST, by GET or over the websocket.
 //!
-//! - Before validation: at most `GRAPHQL_MAX_ALIASES` aliases; no introspection in
-//!   production; mutations are rate limited per user and per client address, one unit per
+//! - Before validation: at most `GRAPHQL_MAX_ALIASES` aliases; at most `GRAPHQL_MAX_DEPTH`
+//!   levels of fields, introspection apart (at most [`INTROSPECTION_MAX_DEPTH`], and none in
+//!   production); mutations are rate limited per user and per client address, one unit per
 //!   root mutation field (30 aliased `createProduct`s cost 30, not 1).
 //! - Around execution: at most `API_MAX_CONCURRENT_PER_CLIENT` operations of one client
 //!   address at once; the request deadline (`API_REQUEST_TIMEOUT`); a span carrying the
@@ -14,7 +15,7 @@
 //!   cache nothing: a subscription's events each read what is current), and a request id of
 //!   its own.
 //!
-//! Depth, complexity and directives are limited by the schema itself (`build_schema`).
+//! Complexity and directives are limited by the schema itself (`build_schema`).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -40,10 +41,27 @@ use crate::error::ErrorCode;
 use crate::limits::{inspect_document, DocumentFacts};
 use crate::rate_limit::{ClientLimits, Refusal};
 
+/// How deep introspection may nest, counted from `__schema` or `__type`: graphql-js's
+/// standard introspection query with every option needs 15 (its type references); a few
+/// levels more leave room, and the complexity limit still bounds its size.
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
+
 /// Where an operation comes from: the client's address, as the HTTP layer determined it
 /// (`TRUSTED_PROXIES`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
+
+/// Set when an operation reaches execution. An error response without it failed before: to
+/// parse, to validate, or to coerce its variables (the request's fault: 400 under
+/// GraphQL-over-HTTP's media type).
+#[derive(Debug, Clone, Default)]
+pub struct Executed(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Executed {
+    pub fn happened(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// A websocket's subscriptions: how many run, and how many may.
 #[derive(Debug, Clone)]
@@ -264,6 +282,25 @@ impl Extension for GuardedOperation {
                     "introspection is disabled".to_owned(),
                 )]);
             }
+            if facts.depth > limits.max_depth {
+                return Err(vec![guard_error(
+                    ErrorCode::BadUserInput,
+                    format!(
+                        "query is nested too deep: {} levels (at most {}; GRAPHQL_MAX_DEPTH)",
+                        facts.depth, limits.max_depth
+                    ),
+                )]);
+            }
+            if facts.introspection_depth > INTROSPECTION_MAX_DEPTH {
+                return Err(vec![guard_error(
+                    ErrorCode::BadUserInput,
+                    format!(
+                        "introspection is nested too deep: {} levels (at most \
+                         {INTROSPECTION_MAX_DEPTH}; the standard introspection query needs 15)",
+                        facts.introspection_depth
+                    ),
+                )]);
+            }
             if facts.operation == Some(OperationType::Mutation) {
                 let client = ctx.data_opt::<ClientAddr>().and_then(|c| c.0);
                 let units = facts.root_fields.max(1) as u32;
@@ -282,6 +319,9 @@ impl Extension for GuardedOperation {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        if let Some(executed) = ctx.data_opt::<Executed>() {
+            executed.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let client = ctx.data_opt::<ClientAddr>().and_then(|c| c.0);
         let _slot = match self.guards.clients.enter(client) {
             Ok(slot) => slot,
@@ -380,10 +420,6 @@ fn mask(error: &mut ServerError, request_id: &str, limits: &Limits) {
 /// async-graphql's refusals of a query over a limit, said with the limit and its setting.
 fn limit_message(message: &str, limits: &Limits) -> Option<String> {
     match message {
-        "Query is nested too deep." => Some(format!(
-            "query is nested too deep: at most {} levels (GRAPHQL_MAX_DEPTH)",
-            limits.max_depth
-        )),
         "Query is too complex." => Some(format!(
             "query is too complex: at most {} (GRAPHQL_MAX_COMPLEXITY; a list counts `first` \
              times its fields)",

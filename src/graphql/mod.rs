@@ -64,7 +64,6 @@ pub fn build_schema(db: Db, live: LiveFeed, guards: guards::Shared) -> ReviewsSc
     .extension(guards::GuardsExtension(guards.clone()))
     .data(db)
     .data(live)
-    .limit_depth(limits.max_depth)
     .limit_complexity(limits.max_complexity)
     .limit_directives(limits.max_directives)
     .limit_recursive_depth(32);

@@ -6,6 +6,10 @@
 //!   `text/plain` body cannot reach it); `GET` may run queries only, never mutations.
 //! - Batches are refused; a token that was sent must be valid (401 otherwise).
 //! - A refusal's HTTP status: 429 with `Retry-After` when rate limited, 503 on the deadline.
+//! - GraphQL-over-HTTP: a client that accepts `application/graphql-response+json` gets it,
+//!   and with it the spec's statuses: 400 (and no `data` entry) when the request fails to
+//!   parse, validate or coerce its variables. Others get `application/json`, always 200 for
+//!   GraphQL errors (the legacy behaviour clients of that type expect).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,16 +29,67 @@ use super::state::AppState;
 use crate::auth::Auth;
 use crate::config::AppEnv;
 use crate::error::ErrorCode;
-use crate::graphql::guards::ClientAddr;
+use crate::graphql::guards::{ClientAddr, Executed};
 use crate::graphql::{request_data, RequestId};
 use crate::limits::inspect_document;
 
-/// Who is calling: the Authorization header, the client's request id and address.
+/// Who is calling: the Authorization header, the client's request id and address, the media
+/// type it accepts.
 pub struct Caller {
     pub authorization: Option<String>,
     pub request_id: RequestId,
     /// The peer's address, or the client's behind a trusted proxy.
     pub client: Option<IpAddr>,
+    pub media: MediaType,
+}
+
+/// GraphQL-over-HTTP's own media type.
+pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// What a response is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    /// `application/graphql-response+json`: statuses say whether the request was valid.
+    GraphqlResponse,
+    /// `application/json`: the legacy type (and the answer to no `Accept`, or `*/*`).
+    Json,
+}
+
+impl MediaType {
+    /// From an `Accept` header: GraphQL's type when accepted at least as much as JSON.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return MediaType::Json;
+        };
+        let (mut graphql, mut json) = (0.0_f32, 0.0_f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let kind = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match kind.as_str() {
+                GRAPHQL_RESPONSE_JSON => graphql = graphql.max(quality),
+                "application/json" => json = json.max(quality),
+                _ => {}
+            }
+        }
+        if graphql > 0.0 && graphql >= json {
+            MediaType::GraphqlResponse
+        } else {
+            MediaType::Json
+        }
+    }
+
+    fn header(self) -> HeaderValue {
+        match self {
+            MediaType::GraphqlResponse => {
+                HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+            }
+            MediaType::Json => HeaderValue::from_static("application/json"),
+        }
+    }
 }
 
 pub fn caller(
@@ -44,8 +99,13 @@ pub fn caller(
         .and(warp::header::optional::<String>("x-request-id"))
         .and(warp::ext::optional::<PeerAddr>())
         .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("accept"))
         .map(
-            move |authorization, id, peer: Option<PeerAddr>, forwarded: Option<String>| Caller {
+            move |authorization,
+                  id,
+                  peer: Option<PeerAddr>,
+                  forwarded: Option<String>,
+                  accept: Option<String>| Caller {
                 authorization,
                 request_id: request_id(id),
                 client: client_address(
@@ -53,6 +113,7 @@ pub fn caller(
                     forwarded.as_deref(),
                     &trusted_proxies,
                 ),
+                media: MediaType::negotiate(accept.as_deref()),
             },
         )
 }
@@ -65,6 +126,30 @@ enum Method {
 
 /// `POST /graphql`: one operation as a JSON object.
 pub async fn post(
+    state: AppState,
+    caller: Caller,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    let media = caller.media;
+    in_media_type(media, post_as_json(state, caller, content_type, body).await)
+}
+
+/// Every answer is JSON; its content type is the one negotiated.
+fn in_media_type(media: MediaType, mut response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        response
+            .headers_mut()
+            .insert("content-type", media.header());
+    }
+    response
+}
+
+async fn post_as_json(
     state: AppState,
     caller: Caller,
     content_type: Option<String>,
@@ -104,6 +189,11 @@ pub async fn post(
 /// `GET /graphql`: a query from the URL (`?query=…&variables=…&operationName=…`), or the
 /// GraphiQL page (development only) when there is none.
 pub async fn get(state: AppState, caller: Caller, params: HashMap<String, String>) -> Response {
+    let media = caller.media;
+    in_media_type(media, get_as_json(state, caller, params).await)
+}
+
+async fn get_as_json(state: AppState, caller: Caller, params: HashMap<String, String>) -> Response {
     let Some(query) = params.get("query") else {
         return match state.app_env {
             AppEnv::Development => crate::graphiql::page(),
@@ -179,9 +269,24 @@ async fn execute(
         );
     }
 
-    let request = request_data(request, auth, request_id.clone()).data(ClientAddr(caller.client));
+    let executed = Executed::default();
+    let request = request_data(request, auth, request_id.clone())
+        .data(ClientAddr(caller.client))
+        .data(executed.clone());
     let response = state.schema.execute(request).await;
-    let mut reply = warp::reply::json(&response).into_response();
+    let invalid_request = !executed.happened() && !response.errors.is_empty();
+    let mut reply = match (caller.media, invalid_request) {
+        (MediaType::GraphqlResponse, true) => {
+            // The request never ran: no `data` entry, and a status that says so.
+            let mut body = serde_json::to_value(&response).unwrap_or_default();
+            if let Some(body) = body.as_object_mut() {
+                body.remove("data");
+            }
+            warp::reply::with_status(warp::reply::json(&body), StatusCode::BAD_REQUEST)
+                .into_response()
+        }
+        _ => warp::reply::json(&response).into_response(),
+    };
     // A refusal of the guards keeps its HTTP meaning.
     let codes = response
         .errors

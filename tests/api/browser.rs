@@ -1,5 +1,5 @@
 //! GraphiQL works offline: a real headless Chromium opens /graphql, runs a query through the
-//! page and reads the result (tests/browser/graphiql.mjs; scripts/test installs Chromium and
+//! page and reads the result, and its docs explorer lists Query's fields (tests/node/graphiql.mjs; scripts/test installs Chromium and
 //! playwright-core).
 
 use std::path::PathBuf;
@@ -12,11 +12,11 @@ async fn graphiql_runs_a_query_in_a_real_browser_without_any_cdn() {
     let app = TestApp::spawn().await;
     app.create_product("owner", "Browser-tested kettle").await;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/browser/graphiql.mjs");
+    let script = root.join("tests/node/graphiql.mjs");
     assert!(
-        root.join("tests/browser/node_modules/playwright-core")
+        root.join("tests/node/node_modules/playwright-core")
             .exists(),
-        "run `npm ci` in tests/browser (scripts/test does it)"
+        "run `npm ci` in tests/node (scripts/test does it)"
     );
     let screenshot = root.join("target/graphiql.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -37,9 +37,27 @@ async fn graphiql_runs_a_query_in_a_real_browser_without_any_cdn() {
         "browser run failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let (result, docs) = stdout
+        .split_once("--- docs explorer ---")
+        .expect("the script prints the docs explorer");
     assert!(
-        stdout.contains("Browser-tested kettle"),
-        "the result panel shows: {stdout}"
+        result.contains("Browser-tested kettle"),
+        "the result panel shows: {result}"
     );
+    // GraphiQL's docs come from graphql-js's standard introspection query: every Query
+    // field is listed, with its description.
+    for field in [
+        "product(id: ID!): Product",
+        "products(",
+        "reviews(",
+        "deadJobs(",
+        "webhookDeliveries(",
+    ] {
+        assert!(
+            docs.contains(field),
+            "the docs explorer lists {field}: {docs}"
+        );
+    }
+    assert!(docs.contains("All products, newest first."), "{docs}");
     assert!(root.join("target/graphiql.png").exists());
 }

@@ -18,5 +18,6 @@ mod reviews;
 mod security;
 mod subscriptions;
 mod support;
+mod tooling;
 mod webhooks;
 mod websocket;

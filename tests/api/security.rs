@@ -212,7 +212,7 @@ async fn deep_complex_aliased_and_directive_heavy_queries_are_refused() {
         (
             deep.as_str(),
             "depth",
-            "query is nested too deep: at most 12 levels (GRAPHQL_MAX_DEPTH)",
+            "query is nested too deep: 18 levels (at most 12; GRAPHQL_MAX_DEPTH)",
         ),
         (
             complex,

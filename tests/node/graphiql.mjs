@@ -1,7 +1,10 @@
 // Opens GraphiQL in headless Chromium, runs the default query through the page, prints the
-// result panel's text and saves a screenshot. Usage: node graphiql.mjs URL SCREENSHOT_PATH
+// result panel's text, then opens the docs explorer on Query and prints its text (GraphiQL
+// fills it from graphql-js's standard introspection query), and saves a screenshot.
+// Usage: node graphiql.mjs URL SCREENSHOT_PATH
 // Exits non-zero if the page fails to load, asks the network for anything but the API, or
-// shows no result. Chromium comes from Debian (/usr/bin/chromium); playwright-core only drives it.
+// shows no result or no docs. Chromium comes from Debian (/usr/bin/chromium); playwright-core
+// only drives it.
 import { chromium } from 'playwright-core';
 
 const [url, screenshot] = process.argv.slice(2);
@@ -34,6 +37,16 @@ try {
     { timeout: 15000 },
   );
   const text = await result.innerText();
+  await page.locator('.graphiql-sidebar button[aria-label="Show Documentation Explorer"]').click();
+  const docs = page.locator('.graphiql-doc-explorer');
+  await docs.waitFor({ timeout: 15000 });
+  await docs.locator('a.graphiql-doc-explorer-type-name', { hasText: 'Query' }).first().click({ timeout: 15000 });
+  await page.waitForFunction(
+    () => (document.querySelector('.graphiql-doc-explorer')?.innerText || '').includes('Fields'),
+    null,
+    { timeout: 15000 },
+  );
+  const docsText = await docs.innerText();
   await page.screenshot({ path: screenshot, fullPage: true });
   if (foreign.length) {
     console.error('requests left the API:', foreign.join(', '));
@@ -44,6 +57,8 @@ try {
     process.exit(1);
   }
   console.log(text);
+  console.log('--- docs explorer ---');
+  console.log(docsText);
 } finally {
   await browser.close();
 }
