@@ -54,6 +54,10 @@ struct Args {
     /// Peak memory is always reported.
     #[arg(long, value_delimiter = ',', value_parser = ["latency", "sustained", "api", "drain", "idle", "claim"])]
     only: Vec<String>,
+    /// The processes' DB_POOL_MODE: `transaction` runs every statement unnamed (no statement
+    /// cache), as behind PgBouncer, to measure what that costs.
+    #[arg(long, default_value = "session", value_parser = ["session", "transaction"])]
+    db_pool_mode: String,
 }
 
 impl Args {
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = serde_json::Map::new();
     let mut stack = Stack::create(&args.server_url, &args.redis_url).await?;
     stack.worker_concurrency = args.worker_concurrency;
+    stack.pool_mode = args.db_pool_mode.clone();
     load::seed_products(&stack).await?;
     stack.start_api()?;
     stack.start_worker()?;

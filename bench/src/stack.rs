@@ -19,6 +19,8 @@ pub struct Stack {
     pub worker_metrics_port: u16,
     /// The worker's WORKER_CONCURRENCY.
     pub worker_concurrency: u32,
+    /// Both processes' DB_POOL_MODE (transaction: no statement cache, as behind PgBouncer).
+    pub pool_mode: String,
     api: Option<Child>,
     worker: Option<Child>,
 }
@@ -59,6 +61,7 @@ impl Stack {
             secret: "bench-secret-bench-secret-bench-secret-00".into(),
             worker_metrics_port: free_port(),
             worker_concurrency: 128,
+            pool_mode: "session".into(),
             api: None,
             worker: None,
         })
@@ -72,10 +75,21 @@ impl Stack {
         connect(&self.database_url()).await
     }
 
+    /// How both processes reach Postgres: plaintext on loopback (as the figures before TLS
+    /// support were taken), in the pool mode asked for.
+    fn database_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("DATABASE_URL", self.database_url()),
+            ("DATABASE_DIRECT_URL", self.database_url()),
+            ("DB_SSLMODE", "disable".into()),
+            ("DB_POOL_MODE", self.pool_mode.clone()),
+        ]
+    }
+
     pub fn start_api(&mut self) -> anyhow::Result<()> {
         let child = Command::new(binary("reviews-api"))
             .arg("serve")
-            .env("DATABASE_URL", self.database_url())
+            .envs(self.database_env())
             .env("API_ADDR", format!("127.0.0.1:{}", self.api_port))
             .env("AUTH_JWT_SECRET", &self.secret)
             .env("RATE_LIMIT_USER_PER_MINUTE", "0")
@@ -96,7 +110,7 @@ impl Stack {
             return Ok(());
         }
         let child = Command::new(binary("reviews-worker"))
-            .env("DATABASE_URL", self.database_url())
+            .envs(self.database_env())
             .env("REDIS_URL", &self.redis_url)
             .env("REDIS_PREFIX", &self.prefix)
             .env(

@@ -1,10 +1,12 @@
 //! The faults, one at a time, each in a window of its own while the load goes on. Only the
 //! worker-kill fault restarts a process (the worker it killed): every other fault must heal
-//! while the processes keep running.
+//! while the processes keep running. The Redis faults are a single server's (restart,
+//! pause, cut) or a cluster's (failover, a primary killed).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::load::{sql_write, Ledger};
 use crate::processes::{signal_pid, Processes, LEASE};
 use crate::proxy::Proxy;
@@ -20,10 +22,28 @@ pub enum Fault {
     ListenerKill,
     LongWriter,
     RepeatableRead,
+    ClusterFailover,
+    ClusterPrimaryKill,
+}
+
+/// A cluster node's timeout (scripts/lib/redis-cluster sets it): how long before replicas
+/// elect a new primary for one that stopped answering.
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How Redis runs under test.
+pub enum RedisUnderTest<'a> {
+    /// One server behind the suite's proxy.
+    Server {
+        proxy: &'a Proxy,
+        stop: &'a str,
+        start: &'a str,
+        pid_file: &'a str,
+    },
+    Cluster(&'a Cluster),
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::WorkerKill,
         Fault::WorkerStop,
         Fault::RedisRestart,
@@ -33,7 +53,19 @@ impl Fault {
         Fault::ListenerKill,
         Fault::LongWriter,
         Fault::RepeatableRead,
+        Fault::ClusterFailover,
+        Fault::ClusterPrimaryKill,
     ];
+
+    /// Whether the fault can hit Redis as it runs (a cluster's faults need a cluster, a
+    /// single server's need one).
+    pub fn applies(self, cluster: bool) -> bool {
+        match self {
+            Fault::RedisRestart | Fault::RedisPause | Fault::RedisCut => !cluster,
+            Fault::ClusterFailover | Fault::ClusterPrimaryKill => cluster,
+            _ => true,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,6 +78,8 @@ impl Fault {
             Fault::ListenerKill => "listener-kill",
             Fault::LongWriter => "long-writer",
             Fault::RepeatableRead => "repeatable-read",
+            Fault::ClusterFailover => "cluster-failover",
+            Fault::ClusterPrimaryKill => "cluster-primary-kill",
         }
     }
 
@@ -60,6 +94,12 @@ impl Fault {
             Fault::ListenerKill => "the listeners' Postgres backends terminated",
             Fault::LongWriter => "a review written in a transaction held open",
             Fault::RepeatableRead => "reviews written by REPEATABLE READ transactions",
+            Fault::ClusterFailover => {
+                "--redis-cluster: the queue's primary hands over to its replica (CLUSTER FAILOVER)"
+            }
+            Fault::ClusterPrimaryKill => {
+                "--redis-cluster: the queue's primary killed with SIGKILL; its replica takes over"
+            }
         }
     }
 
@@ -85,8 +125,18 @@ impl Fault {
             Fault::PostgresRestart => (2, 2),
             Fault::LongWriter => (20, 6),
             Fault::RepeatableRead => (5, 3),
+            Fault::ClusterFailover | Fault::ClusterPrimaryKill => return CLUSTER_NODE_TIMEOUT,
         };
         Duration::from_secs(if quick { short } else { full })
+    }
+
+    /// How long after the fault's end its events may take to their effects: a cluster's
+    /// within the node timeout + 10 s of the fault (the length is the node timeout).
+    pub fn settle(self) -> Duration {
+        match self {
+            Fault::ClusterFailover | Fault::ClusterPrimaryKill => Duration::from_secs(10),
+            _ => Duration::from_secs(15),
+        }
     }
 
     /// Whether writers may be refused while it lasts (Postgres is down).
@@ -98,13 +148,10 @@ impl Fault {
 /// What the faults act on.
 pub struct Target<'a> {
     pub processes: &'a mut Processes,
-    pub proxy: &'a Proxy,
+    pub redis: RedisUnderTest<'a>,
     pub database_url: &'a str,
     pub ledger: &'a Arc<Ledger>,
     pub pg_restart: &'a str,
-    pub redis_stop: &'a str,
-    pub redis_start: &'a str,
-    pub redis_pid_file: &'a str,
     /// Which worker the next worker fault hits (they take turns).
     pub next_worker: usize,
 }
@@ -116,12 +163,37 @@ impl Target<'_> {
         n
     }
 
-    fn redis_pid(&self) -> anyhow::Result<u32> {
-        Ok(std::fs::read_to_string(self.redis_pid_file)?
-            .trim()
-            .parse()?)
+    fn server(&self) -> anyhow::Result<(&Proxy, &str, &str, u32)> {
+        match &self.redis {
+            RedisUnderTest::Server {
+                proxy,
+                stop,
+                start,
+                pid_file,
+            } => Ok((
+                proxy,
+                stop,
+                start,
+                std::fs::read_to_string(pid_file)
+                    .unwrap_or_default()
+                    .trim()
+                    .parse()
+                    .unwrap_or(0),
+            )),
+            RedisUnderTest::Cluster(_) => anyhow::bail!("this fault needs a single Redis server"),
+        }
+    }
+
+    fn cluster(&self) -> anyhow::Result<&Cluster> {
+        match &self.redis {
+            RedisUnderTest::Cluster(cluster) => Ok(cluster),
+            RedisUnderTest::Server { .. } => anyhow::bail!("this fault needs --redis-cluster"),
+        }
     }
 }
+
+/// The key whose slot holds the suite's queue (REDIS_PREFIX=chaos).
+const QUEUE_KEY: &str = "{chaos}";
 
 /// Injects `fault` and returns when it is over (its length has passed, and what it broke
 /// is put back where the fault itself is a restart).
@@ -141,20 +213,46 @@ pub async fn inject(fault: Fault, target: &mut Target<'_>, quick: bool) -> anyho
             target.processes.signal_worker(n, "CONT");
         }
         Fault::RedisRestart => {
-            shell(target.redis_stop);
+            let (_, stop, start, _) = target.server()?;
+            shell(stop);
             tokio::time::sleep(length).await;
-            shell(target.redis_start);
+            shell(start);
         }
         Fault::RedisPause => {
-            let pid = target.redis_pid()?;
+            let (_, _, _, pid) = target.server()?;
             signal_pid(pid, "STOP");
             tokio::time::sleep(length).await;
             signal_pid(pid, "CONT");
         }
         Fault::RedisCut => {
-            target.proxy.cut();
+            let (proxy, ..) = target.server()?;
+            proxy.cut();
             tokio::time::sleep(length).await;
-            target.proxy.mend();
+            proxy.mend();
+        }
+        Fault::ClusterFailover => {
+            let cluster = target.cluster()?;
+            let shard = cluster.shard_of(QUEUE_KEY).await?;
+            let replica = shard
+                .replica_port
+                .ok_or_else(|| anyhow::anyhow!("the queue's primary has no replica: {shard:?}"))?;
+            let client = redis::Client::open(format!("redis://127.0.0.1:{replica}"))?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query_async::<()>(&mut conn)
+                .await?;
+            tokio::time::sleep(length).await;
+        }
+        Fault::ClusterPrimaryKill => {
+            let cluster = target.cluster()?;
+            let shard = cluster.shard_of(QUEUE_KEY).await?;
+            anyhow::ensure!(
+                shard.replica_port.is_some(),
+                "the queue's primary has no replica to take over: {shard:?}"
+            );
+            signal_pid(cluster.pid(shard.primary_port)?, "KILL");
+            tokio::time::sleep(length).await;
         }
         Fault::PostgresRestart => shell(target.pg_restart),
         Fault::ListenerKill => {

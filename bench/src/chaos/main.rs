@@ -1,5 +1,6 @@
 //! `reviews-chaos`: the fault-injection suite (run it through scripts/chaos, which starts a
-//! private Postgres and Redis it may kill and restart).
+//! private Postgres and Redis it may kill and restart; or a six-node Redis Cluster; and
+//! PgBouncer in front of Postgres).
 //!
 //! It runs the API and several workers under a steady stream of `addReview`, keeps a ledger
 //! of every acknowledged write, and injects the faults one at a time, each in a window of its
@@ -9,10 +10,12 @@
 //! # Layout
 //! - `processes`: the API and worker processes.
 //! - `proxy`: the TCP proxy between the workers and Redis (the redis-cut fault).
+//! - `cluster`: the Redis Cluster's shards (the failover faults).
 //! - `load`: the steady load and its ledger; the SQL writers some faults add.
 //! - `faults`: the faults and how each is injected.
 //! - `report`: the checks and the table.
 
+mod cluster;
 mod faults;
 mod load;
 mod processes;
@@ -28,11 +31,12 @@ use clap::Parser;
 use reviews_worker::jobs::ledger::FileLedger;
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{inject, Fault, Target};
+use crate::cluster::Cluster;
+use crate::faults::{inject, Fault, RedisUnderTest, Target};
 use crate::load::{graphql_load, Ledger};
 use crate::processes::{Processes, Settings};
 use crate::proxy::Proxy;
-use crate::report::Window;
+use crate::report::{Observed, Window};
 
 #[derive(Parser)]
 #[command(about = "Fault-injection suite for the reviews pipeline (run it through scripts/chaos)")]
@@ -40,20 +44,31 @@ struct Args {
     /// Postgres URL of the private database (scripts/chaos sets it).
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// The private Redis (the workers reach it through the suite's proxy).
+    /// The private Redis (the workers reach it through the suite's proxy); unset with a
+    /// cluster.
     #[arg(long, env = "REDIS_URL")]
-    redis_url: String,
+    redis_url: Option<String>,
+    /// A Redis Cluster's nodes (host:port, comma-separated) instead of one server.
+    #[arg(long, env = "CHAOS_REDIS_CLUSTER_NODES", requires = "cluster_dir")]
+    cluster_nodes: Option<String>,
+    /// The cluster's directory (a folder per node port, with its pid file).
+    #[arg(long, env = "CHAOS_REDIS_CLUSTER_DIR")]
+    cluster_dir: Option<PathBuf>,
+    /// PgBouncer's URL (transaction mode): the processes' pools go through it, LISTEN goes
+    /// to DATABASE_URL.
+    #[arg(long, env = "CHAOS_PGBOUNCER_URL")]
+    pgbouncer_url: Option<String>,
     /// Shell command that restarts Postgres in immediate mode.
     #[arg(long, env = "CHAOS_PG_RESTART")]
     pg_restart: String,
     /// Shell command that stops Redis without saving.
-    #[arg(long, env = "CHAOS_REDIS_STOP")]
+    #[arg(long, env = "CHAOS_REDIS_STOP", default_value = "")]
     redis_stop: String,
     /// Shell command that starts Redis (empty).
-    #[arg(long, env = "CHAOS_REDIS_START")]
+    #[arg(long, env = "CHAOS_REDIS_START", default_value = "")]
     redis_start: String,
     /// Redis's pid file (the redis-pause fault stops it by its process id).
-    #[arg(long, env = "CHAOS_REDIS_PIDFILE")]
+    #[arg(long, env = "CHAOS_REDIS_PIDFILE", default_value = "")]
     redis_pid_file: String,
     /// Folder of the reviews-api and reviews-worker binaries.
     #[arg(long, env = "CHAOS_BIN_DIR")]
@@ -91,15 +106,36 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.list_faults {
         for fault in Fault::ALL {
-            println!("{:<17} {}", fault.name(), fault.describe());
+            println!("{:<21} {}", fault.name(), fault.describe());
         }
         return Ok(());
     }
+    let cluster = match (&args.cluster_nodes, &args.cluster_dir) {
+        (Some(nodes), Some(dir)) => Some(Cluster {
+            seeds: nodes.split(',').map(str::to_owned).collect(),
+            dir: dir.clone(),
+        }),
+        _ => None,
+    };
     let faults = if args.faults.is_empty() {
-        Fault::ALL.to_vec()
+        Fault::ALL
+            .into_iter()
+            .filter(|fault| fault.applies(cluster.is_some()))
+            .collect()
     } else {
         args.faults.clone()
     };
+    if let Some(fault) = faults.iter().find(|f| !f.applies(cluster.is_some())) {
+        anyhow::bail!(
+            "the {} fault needs {}",
+            fault.name(),
+            if cluster.is_some() {
+                "a single Redis server (not --redis-cluster)"
+            } else {
+                "--redis-cluster"
+            }
+        );
+    }
     let started = Instant::now();
     let progress =
         |what: &str| println!("chaos [{:>5.1} s] {what}", started.elapsed().as_secs_f64());
@@ -117,12 +153,29 @@ async fn main() -> anyhow::Result<()> {
         ))
         .await?;
     }
-    let redis_addr = args
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("REDIS_URL must be redis://host:port here: {e}"))?;
-    let proxy = Proxy::start(redis_addr).await?;
+    // One server is reached through the suite's proxy (the redis-cut fault); a cluster
+    // directly (its clients follow the nodes themselves).
+    let (proxy, redis_env) = match (&cluster, &args.redis_url) {
+        (Some(cluster), _) => (None, ("REDIS_CLUSTER_NODES", cluster.seeds.join(","))),
+        (None, Some(url)) => {
+            let addr = url
+                .trim_start_matches("redis://")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("REDIS_URL must be redis://host:port here: {e}"))?;
+            let proxy = Proxy::start(addr).await?;
+            let url = format!("redis://{}", proxy.addr);
+            (Some(proxy), ("REDIS_URL", url))
+        }
+        (None, None) => anyhow::bail!("set REDIS_URL or CHAOS_REDIS_CLUSTER_NODES"),
+    };
+    let mut db_env = vec![("DATABASE_URL", args.database_url.clone())];
+    if let Some(pooled) = &args.pgbouncer_url {
+        db_env = vec![
+            ("DATABASE_URL", pooled.clone()),
+            ("DATABASE_DIRECT_URL", args.database_url.clone()),
+            ("DB_POOL_MODE", "transaction".into()),
+        ];
+    }
     let ledger_dir = args.dir.join("ledgers");
     let log_dir = args.dir.join("logs");
     std::fs::create_dir_all(&ledger_dir)?;
@@ -130,8 +183,11 @@ async fn main() -> anyhow::Result<()> {
     let mut processes = Processes::start(
         Settings {
             bin_dir: args.bin_dir.clone(),
-            database_url: args.database_url.clone(),
-            worker_redis_url: format!("redis://{}", proxy.addr),
+            env: db_env
+                .into_iter()
+                .chain([redis_env])
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
             ledger_dir,
             log_dir,
         },
@@ -139,8 +195,20 @@ async fn main() -> anyhow::Result<()> {
         args.workers as usize,
     )?;
     progress(&format!(
-        "started {} API and {} worker processes; load {} addReview/s",
-        args.apis, args.workers, args.rate
+        "started {} API and {} worker processes{}{}; load {} addReview/s",
+        args.apis,
+        args.workers,
+        if cluster.is_some() {
+            " on a Redis Cluster"
+        } else {
+            ""
+        },
+        if args.pgbouncer_url.is_some() {
+            " through PgBouncer (transaction mode)"
+        } else {
+            ""
+        },
+        args.rate
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     if let Some(exited) = processes.exited() {
@@ -161,15 +229,22 @@ async fn main() -> anyhow::Result<()> {
         start: SystemTime::now(),
     }];
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let redis = match (&cluster, &proxy) {
+        (Some(cluster), _) => RedisUnderTest::Cluster(cluster),
+        (None, Some(proxy)) => RedisUnderTest::Server {
+            proxy,
+            stop: &args.redis_stop,
+            start: &args.redis_start,
+            pid_file: &args.redis_pid_file,
+        },
+        (None, None) => unreachable!("one of them was set up above"),
+    };
     let mut target = Target {
         processes: &mut processes,
-        proxy: &proxy,
+        redis,
         database_url: &args.database_url,
         ledger: &ledger,
         pg_restart: &args.pg_restart,
-        redis_stop: &args.redis_stop,
-        redis_start: &args.redis_start,
-        redis_pid_file: &args.redis_pid_file,
         next_worker: 0,
     };
     for fault in &faults {
@@ -224,15 +299,28 @@ async fn main() -> anyhow::Result<()> {
         drain_started.elapsed().as_secs_f64()
     ));
 
-    let mut runs = Vec::new();
+    let mut runs_per_worker = Vec::new();
     for file in processes.ledger_files() {
-        if file.exists() {
-            runs.extend(FileLedger::read(&file)?);
-        }
+        runs_per_worker.push(match file.exists() {
+            true => FileLedger::read(&file)?,
+            false => Vec::new(),
+        });
     }
+    // Departed runners' consumers are forgotten on the reconciler's cadence: give it one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let consumers = count_consumers(&args, cluster.as_ref()).await?;
     let dead = processes.all_running();
     let sent: HashSet<String> = ledger.sent_authors();
-    let ok = report::check(&db, &windows, &ledger.writes(), &sent, &runs, &dead).await?;
+    let writes = ledger.writes();
+    let observed = Observed {
+        windows: &windows,
+        writes: &writes,
+        sent_authors: &sent,
+        runs_per_worker: &runs_per_worker,
+        dead: &dead,
+        consumers,
+    };
+    let ok = report::check(&db, &observed).await?;
     println!("chaos: {}", if ok { "PASS" } else { "FAIL" });
     anyhow::ensure!(
         ok,
@@ -240,4 +328,23 @@ async fn main() -> anyhow::Result<()> {
         processes.log_dir().display()
     );
     Ok(())
+}
+
+/// The consumers in the queue's group (REDIS_PREFIX=chaos), asked of Redis directly.
+async fn count_consumers(args: &Args, cluster: Option<&Cluster>) -> anyhow::Result<usize> {
+    use reviews_service::redis::RedisTarget;
+    let target = match (cluster, &args.redis_url) {
+        (Some(cluster), _) => RedisTarget::Cluster {
+            seeds: cluster
+                .seeds
+                .iter()
+                .map(|s| format!("redis://{s}"))
+                .collect(),
+            ca: None,
+        },
+        (None, Some(url)) => RedisTarget::server(url),
+        (None, None) => anyhow::bail!("no Redis"),
+    };
+    let queue = reviews_worker::queue::JobQueue::new(target, "chaos")?;
+    Ok(queue.consumers().await?.len())
 }

@@ -14,9 +14,8 @@ pub const CONCURRENCY: u64 = 8;
 
 pub struct Settings {
     pub bin_dir: PathBuf,
-    pub database_url: String,
-    /// Where the workers reach Redis (through the suite's proxy).
-    pub worker_redis_url: String,
+    /// Where the processes reach Postgres and Redis (DATABASE_URL, REDIS_URL, ...).
+    pub env: Vec<(String, String)>,
     /// Where each worker appends its handler runs (`JOB_RUN_LEDGER`), one file per worker.
     pub ledger_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -66,8 +65,7 @@ impl Processes {
         let log = std::fs::File::create(self.settings.log_dir.join(format!("{name}.log")))?;
         let mut command = Command::new(self.settings.bin_dir.join(binary));
         command
-            .env("DATABASE_URL", &self.settings.database_url)
-            .env("REDIS_URL", &self.settings.worker_redis_url)
+            .envs(self.settings.env.iter().map(|(k, v)| (k, v)))
             .env("REDIS_PREFIX", "chaos")
             .env("AUTH_JWT_SECRET", SECRET)
             .env("RATE_LIMIT_USER_PER_MINUTE", "0")

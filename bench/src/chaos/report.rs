@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::faults::Fault;
 use crate::load::Write;
 
-/// How long after a fault's end an event committed in its window may take to its effect.
+/// How long after the warm-up's start an event may take to its effect.
 pub const SETTLE: Duration = Duration::from_secs(15);
 
 /// A stretch of the run: from a fault's start to the next one's (writes sent in it belong
@@ -31,7 +31,7 @@ impl Window {
     }
 
     fn bound(&self) -> Duration {
-        self.length + SETTLE
+        self.length + self.fault.map_or(SETTLE, Fault::settle)
     }
 }
 
@@ -46,15 +46,34 @@ struct Tally {
     late: usize,
 }
 
+/// What the run left to check, besides the database.
+pub struct Observed<'a> {
+    pub windows: &'a [Window],
+    pub writes: &'a [Write],
+    pub sent_authors: &'a HashSet<String>,
+    /// Each worker's handler runs (one ledger per worker, kept across its restart).
+    pub runs_per_worker: &'a [Vec<Run>],
+    /// The processes that are not running at the end.
+    pub dead: &'a [String],
+    /// The consumers left in the stream's group at the end.
+    pub consumers: usize,
+}
+
+/// Each worker must run at least this share of the jobs (the load is spread).
+const LEAST_SHARE: f64 = 0.15;
+
 /// Prints the checks; true when all hold.
-pub async fn check(
-    db: &Client,
-    windows: &[Window],
-    writes: &[Write],
-    sent_authors: &HashSet<String>,
-    runs: &[Run],
-    workers_running: &[String],
-) -> anyhow::Result<bool> {
+pub async fn check(db: &Client, observed: &Observed<'_>) -> anyhow::Result<bool> {
+    let Observed {
+        windows,
+        writes,
+        sent_authors,
+        runs_per_worker,
+        dead: workers_running,
+        consumers,
+    } = *observed;
+    let runs: Vec<Run> = runs_per_worker.iter().flatten().cloned().collect();
+    let runs = &runs;
     let acknowledged: Vec<Uuid> = writes.iter().filter_map(|w| w.review_id).collect();
     // Each acknowledged review: stored? its creation's commit and notification times.
     let rows = db
@@ -173,7 +192,7 @@ pub async fn check(
         .get(0);
 
     println!(
-        "{:<17} {:>6} {:>7} {:>9} {:>5} {:>5} {:>9} {:>10} {:>6}  result",
+        "{:<20} {:>6} {:>7} {:>9} {:>5} {:>5} {:>9} {:>10} {:>6}  result",
         "window", "writes", "refused", "slowest", "lost", "late", "dup runs", "longest", "bound"
     );
     let mut ok = true;
@@ -182,7 +201,7 @@ pub async fn check(
         let window_ok = tally.lost == 0 && tally.late == 0 && refused_ok;
         ok &= window_ok;
         println!(
-            "{:<17} {:>6} {:>7} {:>7.2} s {:>5} {:>5} {:>9} {:>8.2} s {:>4} s  {}",
+            "{:<20} {:>6} {:>7} {:>7.2} s {:>5} {:>5} {:>9} {:>8.2} s {:>4} s  {}",
             window.name(),
             tally.writes,
             tally.refused,
@@ -213,10 +232,45 @@ pub async fn check(
             workers_running.join(", ")
         );
     }
+    // A job run twice in one attempt is a duplicate no lease take-back explains (a take-back
+    // starts a new attempt).
+    let mut per_attempt: HashMap<(i64, i32), usize> = HashMap::new();
+    for run in runs {
+        *per_attempt.entry((run.job_id, run.attempt)).or_default() += 1;
+    }
+    let same_attempt_twice: usize = per_attempt.values().map(|n| n - 1).sum();
+    println!(
+        "  runs of one attempt twice    {same_attempt_twice}  (duplicates beyond lease take-backs)"
+    );
+    let workers = runs_per_worker.len();
+    let shares: Vec<f64> = runs_per_worker
+        .iter()
+        .map(|mine| mine.len() as f64 / runs.len().max(1) as f64)
+        .collect();
+    let spread_ok = workers < 2 || shares.iter().all(|share| *share >= LEAST_SHARE);
+    println!(
+        "  each worker's share of runs  {}  (each at least {:.0}%)",
+        shares
+            .iter()
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .collect::<Vec<_>>()
+            .join(" "),
+        LEAST_SHARE * 100.0
+    );
+    let live = workers
+        - workers_running
+            .iter()
+            .filter(|p| p.starts_with("worker"))
+            .count();
+    let consumers_ok = consumers <= live + 1;
+    println!("  consumers in the group       {consumers}  (at most one more than the {live} live workers)");
     ok &= unexpected == 0
         && duplicate_rows == 0
         && wrong_ratings == 0
         && dead == 0
-        && workers_running.is_empty();
+        && workers_running.is_empty()
+        && same_attempt_twice == 0
+        && spread_ok
+        && consumers_ok;
     Ok(ok)
 }

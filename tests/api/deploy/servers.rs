@@ -334,7 +334,7 @@ impl PgBouncer {
                  listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                  auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
                  max_client_conn = 500\ndefault_pool_size = 8\nlogfile = {log}\n\
-                 ignore_startup_parameters = extra_float_digits\n",
+                 ignore_startup_parameters = extra_float_digits\nserver_login_retry = 1\n",
                 users = scratch.path("users.txt").display(),
                 log = scratch.path("pgbouncer.log").display(),
             ),

@@ -30,7 +30,7 @@ async fn a_worker_killed_with_jobs_in_flight_has_them_run_again_after_the_lease_
     let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
         .env("JOB_RUN_LEDGER", &ledger_file)
         .env("DATABASE_URL", url_of(&p.database.config))
-        .env("REDIS_URL", redis_url())
+        .env(redis_env(&p).0, redis_env(&p).1)
         .env("REDIS_PREFIX", &p.prefix)
         .env("OUTBOX_POLL_INTERVAL", "200ms")
         .env("JOB_LEASE", "20s")
@@ -480,7 +480,7 @@ async fn deliver_to_a_dead_worker(p: &TestPipeline, job: i64) -> String {
 #[tokio::test]
 async fn a_stalled_runner_neither_takes_its_lease_back_nor_records_an_outcome() {
     let p = TestPipeline::new().await;
-    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
+    let queue = p.queue();
     let job: i64 = p
         .client()
         .await
@@ -565,7 +565,7 @@ async fn a_stalled_runner_neither_takes_its_lease_back_nor_records_an_outcome() 
 #[tokio::test]
 async fn take_back_reaches_expired_leases_behind_live_ones_and_discards_unreadable_entries() {
     let p = TestPipeline::new().await;
-    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
+    let queue = p.queue();
     queue.ensure_group().await.unwrap();
     let stream = format!("{{{}}}:jobs", p.prefix);
     let mut redis = p.redis().await;
@@ -671,7 +671,7 @@ async fn take_back_reaches_expired_leases_behind_live_ones_and_discards_unreadab
 #[tokio::test]
 async fn a_consumer_is_forgotten_only_once_it_holds_no_delivery() {
     let p = TestPipeline::new().await;
-    let queue = reviews_worker::queue::JobQueue::at_url(&p.redis_url, &p.prefix).unwrap();
+    let queue = p.queue();
     queue.ensure_group().await.unwrap();
     queue.enqueue(&[7]).await.unwrap();
     let mut reader = queue.blocking_connection().await.unwrap();

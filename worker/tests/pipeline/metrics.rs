@@ -14,7 +14,7 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
         .env("DATABASE_URL", url_of(&p.database.config))
-        .env("REDIS_URL", redis_url())
+        .env(redis_env(&p).0, redis_env(&p).1)
         .env("REDIS_PREFIX", &p.prefix)
         .env("OUTBOX_POLL_INTERVAL", "200ms")
         .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))

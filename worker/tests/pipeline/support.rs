@@ -1,5 +1,9 @@
 //! `TestPipeline`: a database of its own, a Redis key prefix of its own, and workers started
 //! in-process (or as processes) against them, with short timings so tests run fast.
+//!
+//! With `REVIEWS_TEST_REDIS_CLUSTER` set (host:port seeds; scripts/test starts a six-node
+//! cluster and runs this suite again with it), every pipeline's queue is on that cluster,
+//! and its workers are pointed at a primary that does not own the pipeline's slot.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +13,7 @@ use reviews_db::{Db, DbArgs};
 use reviews_service::LogFormat;
 use std::collections::HashMap;
 
+use reviews_service::redis::{ClusterSeeds, Connection, Redis, RedisTarget};
 use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
 pub use reviews_worker::jobs::ledger::{MemoryLedger, Run};
 use reviews_worker::jobs::JobRegistry;
@@ -20,8 +25,10 @@ pub struct TestPipeline {
     pub database: TestDatabase,
     pub db: Db,
     pub prefix: String,
-    pub redis_url: String,
-    pub redis: redis::Client,
+    /// Where this pipeline's queue is: one server, or a cluster's node that does not own
+    /// the prefix's slot.
+    pub redis_target: RedisTarget,
+    redis: Arc<Redis>,
 }
 
 /// A worker running in this process; dropped, it is told to stop.
@@ -76,6 +83,22 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// The cluster the suite runs against, if any (`REVIEWS_TEST_REDIS_CLUSTER`).
+pub fn test_cluster() -> Option<Vec<String>> {
+    std::env::var("REVIEWS_TEST_REDIS_CLUSTER")
+        .ok()
+        .filter(|seeds| !seeds.is_empty())
+        .map(|seeds| seeds.split(',').map(str::to_owned).collect())
+}
+
+/// How a worker process reaches this pipeline's Redis: (variable, value).
+pub fn redis_env(p: &TestPipeline) -> (&'static str, String) {
+    match &p.redis_target {
+        RedisTarget::Cluster { seeds, .. } => ("REDIS_CLUSTER_NODES", seeds.join(",")),
+        RedisTarget::Server { url, .. } => ("REDIS_URL", url.clone()),
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| {
         let host = std::env::var("REDIS_HOST").unwrap_or_else(|_| "127.0.0.1".into());
@@ -86,19 +109,38 @@ pub fn redis_url() -> String {
 
 impl TestPipeline {
     pub async fn new() -> Self {
-        Self::with_redis(&redis_url()).await
+        let Some(seeds) = test_cluster() else {
+            return Self::with_redis(&redis_url()).await;
+        };
+        let prefix = format!("test-{}", Uuid::new_v4().simple());
+        let elsewhere = node_not_owning(&seeds, &format!("{{{prefix}}}")).await;
+        let target = RedisTarget::Cluster {
+            seeds: vec![format!("redis://{elsewhere}")],
+            ca: None,
+        };
+        Self::on(target, prefix).await
     }
 
     /// A pipeline whose workers use the Redis at `url` (a private one a test may kill).
     pub async fn with_redis(url: &str) -> Self {
+        let prefix = format!("test-{}", Uuid::new_v4().simple());
+        Self::on(RedisTarget::server(url), prefix).await
+    }
+
+    async fn on(redis_target: RedisTarget, prefix: String) -> Self {
         let database = TestDatabase::create().await;
         TestPipeline {
             db: database.db(),
             database,
-            prefix: format!("test-{}", Uuid::new_v4().simple()),
-            redis_url: url.to_owned(),
-            redis: redis::Client::open(url).unwrap(),
+            prefix,
+            redis: Arc::new(Redis::new(redis_target.clone(), 2).unwrap()),
+            redis_target,
         }
+    }
+
+    /// A queue handle of the test's own on this pipeline's Redis and prefix.
+    pub fn queue(&self) -> reviews_worker::queue::JobQueue {
+        reviews_worker::queue::JobQueue::new(self.redis_target.clone(), &self.prefix).unwrap()
     }
 
     /// Settings with timings short enough for tests.
@@ -107,7 +149,12 @@ impl TestPipeline {
         db.database_url = Some(self.database.config.clone().into());
         db.db_pool_size = 8;
         let mut redis = RedisArgs::local(&self.prefix);
-        redis.redis_url = Some(self.redis_url.clone());
+        match &self.redis_target {
+            RedisTarget::Server { url, .. } => redis.redis_url = Some(url.clone()),
+            RedisTarget::Cluster { seeds, .. } => {
+                redis.redis_cluster_nodes = Some(ClusterSeeds(seeds.clone()))
+            }
+        }
         WorkerArgs {
             db,
             redis,
@@ -159,12 +206,14 @@ impl TestPipeline {
         self.database.client().await
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        self.redis.get_multiplexed_async_connection().await.unwrap()
+    /// A connection of the test's own to this pipeline's Redis (one server or the cluster).
+    pub async fn redis(&self) -> Connection {
+        self.redis.dedicated().await.unwrap()
     }
 
     /// Deletes every key of this test's prefix at once (one Lua script, so atomically, as
     /// FLUSHALL or a restart without persistence would), without touching other tests' keys.
+    /// The script names a key of the prefix, so a cluster runs it on the slot's node.
     pub async fn forget_redis(&self) {
         let mut conn = self.redis().await;
         redis::Script::new(
@@ -172,6 +221,7 @@ impl TestPipeline {
              for _, key in ipairs(keys) do redis.call('DEL', key) end
              return #keys",
         )
+        .key(format!("{{{}}}:jobs", self.prefix))
         .arg(format!("{{{}}}:*", self.prefix))
         .invoke_async::<i64>(&mut conn)
         .await
@@ -365,21 +415,62 @@ impl TestPipeline {
 
 impl Drop for TestPipeline {
     fn drop(&mut self) {
-        let client = self.redis.clone();
-        let pattern = format!("{{{}}}:*", self.prefix);
+        let redis = self.redis.clone();
+        let prefix = self.prefix.clone();
+        // A runtime of its own: the test's may be shutting down.
         let _ = std::thread::spawn(move || {
-            if let Ok(mut conn) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(&pattern)
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = redis.dedicated().await {
+                    let _: Result<i64, _> = redis::Script::new(
+                        "local keys = redis.call('KEYS', ARGV[1])
+                         for _, key in ipairs(keys) do redis.call('DEL', key) end
+                         return #keys",
+                    )
+                    .key(format!("{{{prefix}}}:jobs"))
+                    .arg(format!("{{{prefix}}}:*"))
+                    .invoke_async(&mut conn)
+                    .await;
                 }
-            }
+            });
         })
         .join();
     }
+}
+
+/// Of a cluster's nodes, a primary that does not own `key`'s slot (a client pointed there is
+/// answered MOVED).
+async fn node_not_owning(seeds: &[String], key: &str) -> String {
+    let client = redis::Client::open(format!("redis://{}", seeds[0])).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !fields[2].contains("master") {
+            continue;
+        }
+        let owns = fields[8..].iter().any(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            matches!((start.parse::<i64>(), end.parse::<i64>()), (Ok(s), Ok(e)) if (s..=e).contains(&slot))
+        });
+        if !owns {
+            return fields[1].split('@').next().unwrap().to_owned();
+        }
+    }
+    panic!("no primary without slot {slot}");
 }
 
 /// Authors `prefix-0`, `prefix-1`, …

@@ -665,7 +665,7 @@ async fn deliveries_ignore_proxy_settings() {
             "DATABASE_URL",
             reviews_db::testing::url_of(&p.database.config),
         )
-        .env("REDIS_URL", redis_url())
+        .env(redis_env(&p).0, redis_env(&p).1)
         .env("REDIS_PREFIX", &p.prefix)
         .env("OUTBOX_POLL_INTERVAL", "200ms")
         .env("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
