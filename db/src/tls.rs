@@ -108,7 +108,9 @@ impl RootCerts {
 
     fn describe(&self) -> String {
         match self {
-            RootCerts::File(path) => format!("a CA in {} (DB_SSLROOTCERT)", path.display()),
+            RootCerts::File(path) => {
+                format!("a CA in {} (sslrootcert or DB_SSLROOTCERT)", path.display())
+            }
             RootCerts::System => "a CA of the system's trust store".into(),
         }
     }
