@@ -2,6 +2,7 @@
 //! transaction mode, several API processes sharing rate limits. The servers are the
 //! system's binaries on loopback ports (`servers`).
 
+mod bad_input;
 mod cluster;
 mod pgbouncer;
 mod replicas;
