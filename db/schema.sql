@@ -1,6 +1,95 @@
 -- The schema db/migrations build, for reading at a glance (the migrations are the
 -- history). Written by scripts/dump-schema; a test fails when it differs from them.
 
+CREATE FUNCTION public.apply_rating_jobs(p_ids bigint[], p_attempts integer[], p_payloads jsonb[], p_commit text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_product uuid;
+    v_applied bigint;
+begin
+    perform complete_jobs_fenced(p_ids, p_attempts, p_commit);
+    perform pg_advisory_xact_lock(hashtextextended(product_id::text, lock_key_rating_recompute()))
+    from (select distinct (payload->>'product_id')::uuid as product_id
+          from unnest(p_payloads) as jobs (payload)
+          order by 1) products;
+    with deltas as (
+        select (payload->>'product_id')::uuid as product_id,
+               sum((payload->'stars'->>0)::integer) as s1,
+               sum((payload->'stars'->>1)::integer) as s2,
+               sum((payload->'stars'->>2)::integer) as s3,
+               sum((payload->'stars'->>3)::integer) as s4,
+               sum((payload->'stars'->>4)::integer) as s5
+        from unnest(p_payloads) as jobs (payload)
+        where jsonb_typeof(payload->'stars') = 'array'
+          and not coalesce((payload->>'recompute')::boolean, false)
+        group by 1
+    ), applied as (
+        insert into product_ratings as pr
+            (product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5,
+             updated_at)
+        select d.product_id, d.s1 + d.s2 + d.s3 + d.s4 + d.s5,
+               d.s1 + 2 * d.s2 + 3 * d.s3 + 4 * d.s4 + 5 * d.s5,
+               d.s1, d.s2, d.s3, d.s4, d.s5, now()
+        from deltas d
+        join products p on p.id = d.product_id
+        order by d.product_id
+        on conflict (product_id) do update
+        set review_count = pr.review_count + excluded.review_count,
+            rating_sum = pr.rating_sum + excluded.rating_sum,
+            stars_1 = pr.stars_1 + excluded.stars_1,
+            stars_2 = pr.stars_2 + excluded.stars_2,
+            stars_3 = pr.stars_3 + excluded.stars_3,
+            stars_4 = pr.stars_4 + excluded.stars_4,
+            stars_5 = pr.stars_5 + excluded.stars_5,
+            updated_at = excluded.updated_at
+        returning product_id
+    )
+    select count(pg_notify('rating_changed', product_id::text)) into v_applied from applied;
+    for v_product in
+        select distinct (payload->>'product_id')::uuid
+        from unnest(p_payloads) as jobs (payload)
+        where jsonb_typeof(payload->'stars') <> 'array'
+           or coalesce((payload->>'recompute')::boolean, false)
+        order by 1
+    loop
+        perform recompute_product_rating(v_product);
+    end loop;
+end;
+$$;
+
+CREATE FUNCTION public.complete_jobs_fenced(p_ids bigint[], p_attempts integer[], p_commit text) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_done integer;
+begin
+    if p_commit is not null then
+        perform set_config('synchronous_commit', p_commit, true);
+    end if;
+    -- Looked up through the primary key alone (see jobs.rs: `by_id`).
+    update jobs set status = 'done', finished_at = now()
+    where id = any (array(
+        select j.id
+        from unnest(p_ids, p_attempts) as wanted (id, attempt)
+        cross join lateral (
+            select id, status, attempts from jobs
+            where jobs.id = wanted.id offset 0 for update
+        ) j
+        where j.status = 'pending' and j.attempts = wanted.attempt
+        order by j.id));
+    get diagnostics v_done = row_count;
+    if v_done <> cardinality(p_ids) then
+        raise exception 'job completion fenced: % of % jobs are no longer at the attempt that ran them',
+            cardinality(p_ids) - v_done, cardinality(p_ids)
+            using errcode = 'RVFNC';
+    end if;
+    return v_done;
+end;
+$$;
+
 CREATE FUNCTION public.grant_app_privileges() RETURNS text
     LANGUAGE plpgsql
     AS $_$
@@ -50,7 +139,10 @@ begin
             grant usage on all sequences in schema public to %1$I;
             grant execute on function recompute_product_rating(uuid), hand_back_job(bigint, integer),
                 merge_into_waiting_twin(bigint, text, text), replay_dead_job(bigint),
-                lock_key_relay_asleep(), lock_key_rating_recompute()
+                lock_key_relay_asleep(), lock_key_rating_recompute(),
+                complete_jobs_fenced(bigint[], integer[], text),
+                apply_rating_jobs(bigint[], integer[], jsonb[], text),
+                review_rating_deltas(jsonb), merge_job_payloads(text, jsonb, jsonb)
                 to %1$I;
             $g$, v_worker);
     end if;
@@ -107,30 +199,65 @@ begin
         last_error = format('%s; merged into job %s, which waits with the same coalesce key',
                             p_how, v_twin)
     where id = p_job_id and status = p_status;
+    update jobs set payload = payload || '{"recompute": true}'
+    where id = v_twin and kind = 'recompute_rating';
     return true;
 end;
 $$;
 
+CREATE FUNCTION public.merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select case
+        when p_kind <> 'recompute_rating' then p_old
+        when jsonb_typeof(p_old->'stars') <> 'array' or jsonb_typeof(p_new->'stars') <> 'array'
+            then p_new || '{"recompute": true}'
+        else p_new || jsonb_build_object(
+            'stars', (select jsonb_agg(o.v::integer + n.v::integer order by o.i)
+                      from jsonb_array_elements_text(p_old->'stars') with ordinality o (v, i)
+                      join jsonb_array_elements_text(p_new->'stars') with ordinality n (v, i)
+                        on n.i = o.i),
+            'recompute', coalesce((p_old->>'recompute')::boolean, false)
+                         or coalesce((p_new->>'recompute')::boolean, false))
+    end
+$$;
+
 CREATE FUNCTION public.recompute_product_rating(p_product_id uuid) RETURNS void
     LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
     perform pg_advisory_xact_lock(hashtextextended(p_product_id::text, lock_key_rating_recompute()));
     insert into product_ratings as pr
         (product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5, updated_at)
-    select p.id,
-           count(r.id),
-           coalesce(sum(r.rating), 0),
-           count(*) filter (where r.rating = 1),
-           count(*) filter (where r.rating = 2),
-           count(*) filter (where r.rating = 3),
-           count(*) filter (where r.rating = 4),
-           count(*) filter (where r.rating = 5),
+    select p_product_id, coalesce(sum(n), 0), coalesce(sum(n * rating), 0),
+           coalesce(sum(n) filter (where rating = 1), 0),
+           coalesce(sum(n) filter (where rating = 2), 0),
+           coalesce(sum(n) filter (where rating = 3), 0),
+           coalesce(sum(n) filter (where rating = 4), 0),
+           coalesce(sum(n) filter (where rating = 5), 0),
            now()
-    from products p
-    left join reviews r on r.product_id = p.id
-    where p.id = p_product_id
-    group by p.id
+    from (
+        select r.rating::integer, 1 from reviews r where r.product_id = p_product_id
+        union all
+        -- Events not relayed yet, whose jobs will apply their deltas.
+        select d.rating, -d.delta
+        from outbox_pending op
+        join outbox o on o.id = op.id
+        cross join lateral review_rating_deltas(o.payload) d
+        where not op.replayed and d.product_id = p_product_id
+        union all
+        -- Rating jobs relayed and not applied yet.
+        select stars.rating, -(j.payload->'stars'->>(stars.rating - 1))::integer
+        from jobs j
+        cross join generate_series(1, 5) as stars (rating)
+        where j.kind = 'recompute_rating' and j.status = 'pending'
+          and j.coalesce_key = p_product_id::text
+          and jsonb_typeof(j.payload->'stars') = 'array'
+          and not coalesce((j.payload->>'recompute')::boolean, false)
+    ) as counted (rating, n)
+    having exists (select 1 from products where id = p_product_id)
     on conflict (product_id) do update
     set review_count = excluded.review_count,
         rating_sum = excluded.rating_sum,
@@ -161,12 +288,25 @@ begin
     end if;
     if not merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
         update jobs
-        set status = 'pending', attempts = 0, run_at = now(), last_error = null, finished_at = null
+        set status = 'pending', attempts = 0, run_at = now(), last_error = null, finished_at = null,
+            payload = case when kind = 'recompute_rating'
+                           then payload || '{"recompute": true}' else payload end
         where id = v_job_id and status = 'dead';
         perform pg_notify('jobs', '');
     end if;
     return true;
 end;
+$$;
+
+CREATE FUNCTION public.review_rating_deltas(p_payload jsonb) RETURNS TABLE(product_id uuid, rating integer, delta integer)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select (p_payload->'old'->>'product_id')::uuid, (p_payload->'old'->>'rating')::integer, -1
+    where jsonb_typeof(p_payload->'old') = 'object'
+    union all
+    select (p_payload->'new'->>'product_id')::uuid, (p_payload->'new'->>'rating')::integer, 1
+    where jsonb_typeof(p_payload->'new') = 'object'
 $$;
 
 CREATE FUNCTION public.tg_retry_policies__announce_change() RETURNS trigger
@@ -326,7 +466,8 @@ ALTER TABLE public.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 CREATE TABLE public.outbox_pending (
     id bigint NOT NULL,
-    webhooks boolean DEFAULT true NOT NULL
+    webhooks boolean DEFAULT true NOT NULL,
+    replayed boolean DEFAULT false NOT NULL
 );
 
 CREATE TABLE public.product_ratings (

@@ -348,6 +348,31 @@ pub struct Db {
     pool: PgPool,
     statements: Arc<AtomicU64>,
     last_error: LastError,
+    bookkeeping: Bookkeeping,
+}
+
+/// How the worker's own transactions (claims, job starts, completions, retries, and the
+/// effects committed with a completion) commit: `synchronous_commit = off`, set per
+/// transaction, or the server's setting. Writers' transactions never take it. A lost tail of
+/// WAL can only make work run again, and effects commit with their job's completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bookkeeping {
+    /// The server's `synchronous_commit`.
+    #[default]
+    Synchronous,
+    /// `synchronous_commit = off` for the transaction.
+    Asynchronous,
+}
+
+impl Bookkeeping {
+    /// The `synchronous_commit` a statement sets for its transaction (a text parameter:
+    /// null leaves the server's).
+    pub fn setting(self) -> Option<&'static str> {
+        match self {
+            Bookkeeping::Synchronous => None,
+            Bookkeeping::Asynchronous => Some("off"),
+        }
+    }
 }
 
 impl Db {
@@ -372,7 +397,19 @@ impl Db {
             pool,
             statements: Arc::new(AtomicU64::new(0)),
             last_error,
+            bookkeeping: Bookkeeping::Synchronous,
         }
+    }
+
+    /// The same pool, its bookkeeping committed as `bookkeeping` says (the worker's).
+    pub fn with_bookkeeping(mut self, bookkeeping: Bookkeeping) -> Self {
+        self.bookkeeping = bookkeeping;
+        self
+    }
+
+    /// How bookkeeping run through this handle commits.
+    pub fn bookkeeping(&self) -> Bookkeeping {
+        self.bookkeeping
     }
 
     /// A pooled connection that counts its statements.
@@ -385,13 +422,13 @@ impl Db {
                 StoreError::Unavailable(self.last_error.timed_out("Postgres"))
             }
         })?;
-        Ok(Sql::new(conn, self.statements.clone()))
+        Ok(Sql::new(conn, self.statements.clone()).with_bookkeeping(self.bookkeeping))
     }
 
     /// `client` (a connection of its own, not pooled) counting its statements with this
     /// handle's.
     pub fn counted<C: crate::sql::AsClient>(&self, client: C) -> Sql<C> {
-        Sql::new(client, self.statements.clone())
+        Sql::new(client, self.statements.clone()).with_bookkeeping(self.bookkeeping)
     }
 
     /// How many statements have run through this handle since it was built.

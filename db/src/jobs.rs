@@ -28,6 +28,15 @@ impl StartedJob {
     }
 }
 
+/// Sets the transaction's `synchronous_commit` to parameter `$n` (null: the server's), for
+/// the worker's bookkeeping ([`crate::Bookkeeping`]): in a RETURNING list, it runs when the
+/// statement changed a row, which is when there is something to commit.
+pub(crate) fn commit_as(n: usize) -> String {
+    format!(
+        "set_config('synchronous_commit', coalesce(${n}::text, current_setting('synchronous_commit')), true)"
+    )
+}
+
 /// The most attempts of a job's kind: its `retry_policies` row, else `$2` (the fallback).
 const MAX_ATTEMPTS: &str =
     "coalesce((select max_attempts from retry_policies p where p.kind = jobs.kind), $2)";
@@ -66,9 +75,10 @@ pub fn start_jobs_sql() -> String {
          )
          update jobs set attempts = attempts + 1, last_started_at = now()
          where jobs.id = any (array(select id from startable))
-         returning jobs.id, kind, payload, attempts, created_at",
+         returning jobs.id, kind, payload, attempts, created_at, {commit}",
         jobs = by_id("for update skip locked"),
         max = MAX_ATTEMPTS.replace("jobs.kind", "j.kind"),
+        commit = commit_as(3),
     )
 }
 
@@ -92,6 +102,7 @@ pub async fn start_jobs<C: AsClient>(
             &[
                 (&ids, Type::INT8_ARRAY),
                 (&fallback_max_attempts, Type::INT4),
+                (&db.commit_setting(), Type::TEXT),
             ],
         )
         .await?;
@@ -162,11 +173,12 @@ pub fn complete_jobs_sql() -> String {
         "update jobs set status = 'done', finished_at = now()
          where id = any (array(select j.id from {jobs}
                                where j.status = 'pending' and j.attempts = wanted.attempt))
-         returning id",
+         returning id, {commit}",
         jobs = by_id_in(
             "for update",
             "unnest($1::bigint[], $2::int4[]) as wanted (id, attempt)"
-        )
+        ),
+        commit = commit_as(3),
     )
 }
 
@@ -190,7 +202,11 @@ pub async fn complete_jobs<C: AsClient>(
     let rows = db
         .query_typed(
             &sql,
-            &[(&ids, Type::INT8_ARRAY), (&numbers, Type::INT4_ARRAY)],
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&numbers, Type::INT4_ARRAY),
+                (&db.commit_setting(), Type::TEXT),
+            ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -204,15 +220,21 @@ pub async fn schedule_retry<C: AsClient>(
     delay_ms: i64,
     error: &str,
 ) -> Result<bool, StoreError> {
+    let sql = format!(
+        "update jobs set run_at = now() + $3 * interval '1 millisecond', last_error = $4
+         where id = $1 and status = 'pending' and attempts = $2
+         returning {}",
+        commit_as(5)
+    );
     let changed = db
-        .execute(
-            "update jobs set run_at = now() + $3 * interval '1 millisecond', last_error = $4
-             where id = $1 and status = 'pending' and attempts = $2",
+        .execute_typed(
+            &sql,
             &[
-                &attempt.job_id,
-                &attempt.attempt,
-                &(delay_ms as f64),
-                &error,
+                (&attempt.job_id, Type::INT8),
+                (&attempt.attempt, Type::INT4),
+                (&(delay_ms as f64), Type::FLOAT8),
+                (&error, Type::TEXT),
+                (&db.commit_setting(), Type::TEXT),
             ],
         )
         .await?;
@@ -226,16 +248,26 @@ pub async fn bury_job<C: AsClient>(
     attempt: Attempt,
     error: &str,
 ) -> Result<bool, StoreError> {
+    let sql = format!(
+        "with buried as (
+             update jobs set status = 'dead', finished_at = now(), last_error = $3
+             where id = $1 and status = 'pending' and attempts = $2
+             returning id, kind, payload, attempts, last_error, created_at
+         )
+         insert into dead_jobs (job_id, kind, payload, attempts, last_error, created_at)
+         select id, kind, payload, attempts, last_error, created_at from buried
+         returning {}",
+        commit_as(4)
+    );
     let buried = db
-        .execute(
-            "with buried as (
-                 update jobs set status = 'dead', finished_at = now(), last_error = $3
-                 where id = $1 and status = 'pending' and attempts = $2
-                 returning id, kind, payload, attempts, last_error, created_at
-             )
-             insert into dead_jobs (job_id, kind, payload, attempts, last_error, created_at)
-             select id, kind, payload, attempts, last_error, created_at from buried",
-            &[&attempt.job_id, &attempt.attempt, &error],
+        .execute_typed(
+            &sql,
+            &[
+                (&attempt.job_id, Type::INT8),
+                (&attempt.attempt, Type::INT4),
+                (&error, Type::TEXT),
+                (&db.commit_setting(), Type::TEXT),
+            ],
         )
         .await?;
     Ok(buried == 1)
@@ -276,10 +308,15 @@ pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<
 /// job of a coalesced kind whose twin waits unstarted is merged into it (see
 /// `hand_back_job` in db/migrations/0013).
 pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, attempt: Attempt) -> Result<bool, StoreError> {
+    let sql = format!("select hand_back_job($1, $2), {}", commit_as(3));
     let row = db
-        .query_one(
-            "select hand_back_job($1, $2)",
-            &[&attempt.job_id, &attempt.attempt],
+        .query_typed_one(
+            &sql,
+            &[
+                (&attempt.job_id, Type::INT8),
+                (&attempt.attempt, Type::INT4),
+                (&db.commit_setting(), Type::TEXT),
+            ],
         )
         .await?;
     Ok(row.get(0))

@@ -41,5 +41,5 @@ pub mod testing;
 pub mod tls;
 pub mod webhooks;
 
-pub use config::{Db, DbArgs, DbTargets, PgTarget, PoolMode};
+pub use config::{Bookkeeping, Db, DbArgs, DbTargets, PgTarget, PoolMode};
 pub use sql::{Sql, StoreError};

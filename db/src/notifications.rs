@@ -70,36 +70,53 @@ pub struct NewNotification<'a> {
     pub author_id: &'a str,
 }
 
-/// Tells each product's owner about a review event, once per event, all in one statement: a
-/// redelivered event inserts nothing. Returns how many rows were written (duplicates, owners
-/// reviewing their own product and products that are gone write none).
+/// Tells each product's owner about review events, once per event, and marks the jobs that
+/// carry them done (at the attempts that ran them), all in one statement: it fails whole if
+/// any job is no longer at its attempt (`complete_jobs_fenced`, db/migrations/0016), so the
+/// notifications commit exactly when their jobs do. A notification written already (a
+/// replayed event) is skipped; owners reviewing their own product and products that are gone
+/// get none. Returns how many rows were written.
 pub async fn notify_product_owners<C: AsClient>(
     db: &Sql<C>,
     events: &[NewNotification<'_>],
+    jobs: &[crate::jobs::Attempt],
 ) -> Result<u64, StoreError> {
-    if events.is_empty() {
-        return Ok(0);
-    }
     let event_ids: Vec<Uuid> = events.iter().map(|n| n.event_id).collect();
     let kinds: Vec<&str> = events.iter().map(|n| n.kind).collect();
     let review_ids: Vec<Uuid> = events.iter().map(|n| n.review_id).collect();
     let product_ids: Vec<Uuid> = events.iter().map(|n| n.product_id).collect();
     let author_ids: Vec<&str> = events.iter().map(|n| n.author_id).collect();
-    db.execute_typed(
-        "insert into notifications (recipient_id, kind, review_id, product_id, event_id)
-         select p.owner_id, e.kind, e.review_id, p.id, e.event_id
-         from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[])
-              as e (event_id, kind, review_id, product_id, author_id)
-         join products p on p.id = e.product_id
-         where p.owner_id <> e.author_id
-         on conflict (event_id, recipient_id, kind) do nothing",
-        &[
-            (&event_ids, Type::UUID_ARRAY),
-            (&kinds, Type::TEXT_ARRAY),
-            (&review_ids, Type::UUID_ARRAY),
-            (&product_ids, Type::UUID_ARRAY),
-            (&author_ids, Type::TEXT_ARRAY),
-        ],
-    )
-    .await
+    let mut jobs = jobs.to_vec();
+    jobs.sort_unstable();
+    let job_ids: Vec<i64> = jobs.iter().map(|a| a.job_id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|a| a.attempt).collect();
+    let row = db
+        .query_typed_one(
+            "with completed as materialized (
+                 select complete_jobs_fenced($6, $7, $8) as jobs
+             ), written as (
+                 insert into notifications (recipient_id, kind, review_id, product_id, event_id)
+                 select p.owner_id, e.kind, e.review_id, p.id, e.event_id
+                 from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[])
+                      as e (event_id, kind, review_id, product_id, author_id)
+                 join products p on p.id = e.product_id
+                 where p.owner_id <> e.author_id
+                 on conflict (event_id, recipient_id, kind) do nothing
+                 returning 1
+             )
+             -- Naming `completed` here runs it whatever the insert writes.
+             select (select jobs from completed), (select count(*) from written)",
+            &[
+                (&event_ids, Type::UUID_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&review_ids, Type::UUID_ARRAY),
+                (&product_ids, Type::UUID_ARRAY),
+                (&author_ids, Type::TEXT_ARRAY),
+                (&job_ids, Type::INT8_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&db.commit_setting(), Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(1) as u64)
 }

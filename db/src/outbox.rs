@@ -55,22 +55,27 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                                      order by id
                                      limit $1
                                      for update skip locked))
-             returning id, webhooks
+             returning id, webhooks, replayed
          ), claimed as (
              select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
-                    o.actor_id, o.request_id, o.occurred_at, r.webhooks
+                    o.actor_id, o.request_id, o.occurred_at, r.webhooks, r.replayed
              from outbox o
              join relayed r on r.id = o.id
          ), inserted as (
              insert into jobs (kind, event_id, coalesce_key, payload, run_at)
              {made}
+             -- A job that waits unstarted with the same key takes the new events in (a rating
+             -- job adds their deltas: merge_job_payloads; other kinds keep theirs).
              on conflict (kind, coalesce_key)
                  where status = 'pending' and attempts = 0 and coalesce_key is not null
-                 do nothing
-             returning id, run_at
+                 do update set payload = merge_job_payloads(jobs.kind, jobs.payload, excluded.payload)
+                 where merge_job_payloads(jobs.kind, jobs.payload, excluded.payload)
+                       is distinct from jobs.payload
+             -- xmax is 0 in a row this statement inserted: a job merged into is queued already.
+             returning id, run_at, xmax = 0 as created
          ), held_back as (
              select id, ceil(extract(epoch from run_at - now()) * 1000)::int8 as due_in_ms
-             from inserted where run_at > now()
+             from inserted where created and run_at > now()
          ), announced as (
              select pg_notify('review_events', string_agg(c.event_id::text, ','))
              from claimed c
@@ -78,12 +83,14 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
          )
          select (select count(*) from relayed) as events,
                 (select count(*) from announced) as announcements,
-                coalesce((select array_agg(id) from inserted where run_at <= now()), '{{}}')
-                    as job_ids,
+                coalesce((select array_agg(id) from inserted where created and run_at <= now()),
+                         '{{}}') as job_ids,
                 coalesce((select array_agg(id order by id) from held_back), '{{}}') as held_ids,
                 coalesce((select array_agg(due_in_ms order by id) from held_back), '{{}}')
-                    as held_due_in_ms",
-        made = made.join("\n             union all\n             ")
+                    as held_due_in_ms,
+                {commit} as commit",
+        made = made.join("\n             union all\n             "),
+        commit = crate::jobs::commit_as(3),
     )
 }
 
@@ -100,7 +107,11 @@ pub async fn relay_pending_events<C: AsClient>(
     let row = db
         .query_typed_one(
             statement,
-            &[(&limit, Type::INT8), (&interval_ms, Type::INT8)],
+            &[
+                (&limit, Type::INT8),
+                (&interval_ms, Type::INT8),
+                (&db.commit_setting(), Type::TEXT),
+            ],
         )
         .await?;
     let held_ids: Vec<i64> = row.get("held_ids");

@@ -1,5 +1,6 @@
 //! The `product_ratings` table: each product's rating summary.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -62,16 +63,17 @@ pub async fn ratings_by_product_ids<C: AsClient>(
         .query_typed(
             "select product_id, review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5
              from product_ratings where product_id = any($1)",
-            &[(&product_ids, tokio_postgres::types::Type::UUID_ARRAY)],
+            &[(&product_ids, Type::UUID_ARRAY)],
         )
         .await?;
     Ok(rows.iter().map(RatingSummary::from).collect())
 }
 
-/// Recomputes products' summaries from their reviews, in one statement and transaction (see
-/// `recompute_product_rating` in db/migrations: serialised per product, a no-op for a
-/// product that is gone). Products are taken in id order, so two batches that share
-/// products take their locks in the same order and cannot deadlock.
+/// Recomputes products' summaries exactly, in one statement and transaction (see
+/// `recompute_product_rating` in db/migrations/0016: the reviews counted, less the deltas
+/// still on their way; serialised per product; a no-op for a product that is gone). The
+/// repair path (scripts/repair-ratings) and tests use it. Products are taken in id order, so
+/// two batches that share products take their locks in the same order and cannot deadlock.
 pub async fn recompute_ratings<C: AsClient>(
     db: &Sql<C>,
     product_ids: &[Uuid],
@@ -83,6 +85,37 @@ pub async fn recompute_ratings<C: AsClient>(
         "select recompute_product_rating(id)
          from (select distinct id from unnest($1::uuid[]) as wanted (id) order by id) ids",
         &[(&product_ids, tokio_postgres::types::Type::UUID_ARRAY)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Settles rating jobs with their effects in one statement (`apply_rating_jobs` in
+/// db/migrations/0016): marks them done at the attempts that ran them, or fails whole if any
+/// is no longer at that attempt; adds the deltas they carry to their products' summaries;
+/// recomputes the products of those that ask for it. Committed, the jobs cannot run again;
+/// failed, nothing happened.
+pub async fn apply_rating_jobs<C: AsClient>(
+    db: &Sql<C>,
+    jobs: &[(crate::jobs::Attempt, serde_json::Value)],
+) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    // Locked in id order: two batches never wait for each other in a cycle.
+    let mut jobs: Vec<&(crate::jobs::Attempt, serde_json::Value)> = jobs.iter().collect();
+    jobs.sort_unstable_by_key(|(attempt, _)| *attempt);
+    let ids: Vec<i64> = jobs.iter().map(|(a, _)| a.job_id).collect();
+    let numbers: Vec<i32> = jobs.iter().map(|(a, _)| a.attempt).collect();
+    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|(_, p)| p).collect();
+    db.query_typed(
+        "select apply_rating_jobs($1, $2, $3, $4)",
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&numbers, Type::INT4_ARRAY),
+            (&payloads, Type::JSONB_ARRAY),
+            (&db.commit_setting(), Type::TEXT),
+        ],
     )
     .await?;
     Ok(())

@@ -8,6 +8,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
+use crate::config::Bookkeeping;
 use crate::statements::{CachedClient, CachingManager};
 
 /// Errors of the access layer. Constraint violations keep the constraint's name so the API
@@ -104,6 +105,7 @@ impl<'a> AsClient for Transaction<'a> {
 pub struct Sql<C> {
     client: C,
     statements: Arc<AtomicU64>,
+    bookkeeping: Bookkeeping,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -114,7 +116,23 @@ pub type TypedParams<'p> = &'p [(&'p (dyn ToSql + Sync), tokio_postgres::types::
 
 impl<C: AsClient> Sql<C> {
     pub fn new(client: C, statements: Arc<AtomicU64>) -> Self {
-        Sql { client, statements }
+        Sql {
+            client,
+            statements,
+            bookkeeping: Bookkeeping::Synchronous,
+        }
+    }
+
+    /// The same handle, committing the worker's bookkeeping as `bookkeeping` says.
+    pub(crate) fn with_bookkeeping(mut self, bookkeeping: Bookkeeping) -> Self {
+        self.bookkeeping = bookkeeping;
+        self
+    }
+
+    /// The `synchronous_commit` bookkeeping statements set for their transaction (a text
+    /// parameter; null: the server's). See [`Bookkeeping`].
+    pub fn commit_setting(&self) -> Option<&'static str> {
+        self.bookkeeping.setting()
     }
 
     fn count(&self) {
@@ -355,7 +373,7 @@ impl<C: Connection> Sql<C> {
     pub async fn begin(&mut self) -> Result<Sql<Transaction<'_>>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let tx = self.client.client_mut().transaction().await?;
-        Ok(Sql::new(tx, self.statements.clone()))
+        Ok(Sql::new(tx, self.statements.clone()).with_bookkeeping(self.bookkeeping))
     }
 }
 

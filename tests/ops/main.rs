@@ -78,6 +78,7 @@ async fn every_script_has_help_and_refuses_unknown_arguments() {
         "retry-policy",
         "purge",
         "replay-events",
+        "repair-ratings",
         "migrate",
     ] {
         assert!(ops.ok(script, &["--help"]).contains("Usage"), "{script}");
@@ -410,6 +411,12 @@ async fn replay_events_marks_the_chosen_events_pending_again() {
         .ok("replay-events", &["--review", &review])
         .contains("replayed 1 events"));
     assert_eq!(ops.count("select count(*) from outbox_pending").await, 1);
+    assert_eq!(
+        ops.count("select count(*) from outbox_pending where replayed")
+            .await,
+        1,
+        "marked replayed: its rating job recomputes instead of adding its delta again"
+    );
     assert!(ops
         .ok(
             "replay-events",
@@ -440,6 +447,62 @@ async fn replay_events_marks_the_chosen_events_pending_again() {
     assert!(ops
         .refused("replay-events", &["--since", "someday"])
         .contains("--since"));
+}
+
+#[tokio::test]
+async fn repair_ratings_recomputes_exactly_and_says_what_changed() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    // The three events are on their way: the exact summary is empty until they are applied.
+    assert_eq!(
+        ops.ok("repair-ratings", &[]).trim(),
+        "recomputed 1 rating summaries; 1 changed"
+    );
+    assert_eq!(
+        ops.count("select review_count::int8 from product_ratings")
+            .await,
+        0
+    );
+    // Relayed and applied; then a summary damaged by hand is put right.
+    ops.sql(
+        "delete from outbox_pending;
+         update product_ratings set review_count = 1, stars_5 = 1, rating_sum = 5",
+    )
+    .await;
+    assert_eq!(
+        ops.ok(
+            "repair-ratings",
+            &[
+                "--product",
+                "00000000-0000-4000-8000-000000000001",
+                "--batch-size",
+                "1"
+            ]
+        )
+        .trim(),
+        "recomputed 1 rating summaries; 1 changed"
+    );
+    assert_eq!(
+        ops.count("select (review_count * 100 + rating_sum)::int8 from product_ratings")
+            .await,
+        315
+    );
+    assert_eq!(
+        ops.ok("repair-ratings", &[]).trim(),
+        "recomputed 1 rating summaries; 0 changed"
+    );
+    assert!(ops
+        .refused("repair-ratings", &["--product", "p1"])
+        .contains("a UUID"));
+    assert!(ops
+        .refused(
+            "repair-ratings",
+            &["--product", "00000000-0000-4000-8000-00000000dead"]
+        )
+        .contains("no such product"));
+    assert!(ops
+        .refused("repair-ratings", &["--batch-size", "0"])
+        .contains("--batch-size"));
 }
 
 fn free_port() -> u16 {

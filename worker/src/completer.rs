@@ -7,7 +7,9 @@
 //!   WAL flush and two round trips per job, and the flushes bound the drain rate. So every
 //!   succeeded job hands its delivery to one task, which marks all that have arrived done in
 //!   one statement, acknowledges them in one Redis script call, and then answers each job.
-//!   When jobs trickle in, a batch is a single job: nothing waits for company.
+//!   When jobs trickle in, a batch is a single job: nothing waits for company. A job of a
+//!   kind that completes itself (its effects and its completion are one statement) is only
+//!   acknowledged.
 //! - Retry and Defer: the next run time in Postgres, the job into Redis's delayed set.
 //! - Bury: a dead letter in Postgres, the job forgotten in Redis.
 //! - A delivered job that could not start: see [`Completer::settle_unstartable`].
@@ -31,6 +33,8 @@ const MAX_BATCH: usize = 256;
 struct Completion {
     delivery: Delivery,
     attempt: jobs::Attempt,
+    /// Marked done already, by its handler's statement: only acknowledge it.
+    done_already: bool,
     recorded: oneshot::Sender<Result<bool, String>>,
 }
 
@@ -70,16 +74,20 @@ impl Completer {
 
     /// Records a started job's outcome in Postgres, then in Redis. An outcome the job's
     /// fencing token refuses (another runner took the job over) is recorded nowhere.
+    /// `completed_by_handler`: a success was recorded in Postgres by the handler already.
     pub async fn settle(
         &self,
         delivery: &Delivery,
         job: &StartedJob,
         outcome: Outcome,
+        completed_by_handler: bool,
     ) -> anyhow::Result<()> {
         let attempt = job.fencing();
         let recorded = match outcome {
             Outcome::Complete => {
-                let recorded = self.complete(delivery.clone(), attempt).await?;
+                let recorded = self
+                    .complete(delivery.clone(), attempt, completed_by_handler)
+                    .await?;
                 if recorded {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                     record_run(&job.kind, "succeeded");
@@ -225,13 +233,19 @@ impl Completer {
     /// Marks the delivered job done in Postgres (if still pending at `attempt`), then
     /// acknowledges the delivery in Redis; returns once both happened (with the job's whole
     /// batch), and whether the job was marked.
-    async fn complete(&self, delivery: Delivery, attempt: jobs::Attempt) -> anyhow::Result<bool> {
+    async fn complete(
+        &self,
+        delivery: Delivery,
+        attempt: jobs::Attempt,
+        done_already: bool,
+    ) -> anyhow::Result<bool> {
         let stopped = || anyhow::anyhow!("the completer stopped");
         let (recorded, answer) = oneshot::channel();
         self.sender
             .send(Completion {
                 delivery,
                 attempt,
+                done_already,
                 recorded,
             })
             .await
@@ -267,21 +281,27 @@ async fn complete_batches(
     }
 }
 
-/// Marks the batch's jobs done in one statement and acknowledges those it marked in one
-/// Redis call; returns the ids it marked.
+/// Marks the batch's jobs done in one statement (those their handlers did not) and
+/// acknowledges the done ones in one Redis call; returns the ids of the done ones.
 async fn record(
     db: &Db,
     queue: &JobQueue,
     batch: &[Completion],
 ) -> anyhow::Result<std::collections::HashSet<i64>> {
-    let attempts: Vec<jobs::Attempt> = batch.iter().map(|c| c.attempt).collect();
-    let completed: std::collections::HashSet<i64> = {
+    let attempts: Vec<jobs::Attempt> = batch
+        .iter()
+        .filter(|c| !c.done_already)
+        .map(|c| c.attempt)
+        .collect();
+    let mut completed: std::collections::HashSet<i64> = batch
+        .iter()
+        .filter(|c| c.done_already)
+        .map(|c| c.delivery.job_id)
+        .collect();
+    if !attempts.is_empty() {
         let conn = db.conn().await?;
-        jobs::complete_jobs(&conn, &attempts)
-            .await?
-            .into_iter()
-            .collect()
-    };
+        completed.extend(jobs::complete_jobs(&conn, &attempts).await?);
+    }
     let deliveries: Vec<Delivery> = batch
         .iter()
         .filter(|c| completed.contains(&c.delivery.job_id))

@@ -126,6 +126,13 @@ pub struct Tuning {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE",
           default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Commit the worker's own transactions (claims, job starts, completions, retries, and
+    /// the effects committed with a completion) with `synchronous_commit = off`, set per
+    /// transaction: a Postgres crash may then lose their last fraction of a second, which
+    /// only makes that work run again. Writers' transactions are never affected.
+    #[arg(long = "worker-async-commit", env = "WORKER_ASYNC_COMMIT", value_name = "WORKER_ASYNC_COMMIT",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub async_commit: bool,
 }
 
 impl Default for Tuning {
@@ -139,6 +146,7 @@ impl Default for Tuning {
             job_timeout: Duration::from_secs(20),
             reconcile_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            async_commit: true,
         }
     }
 }

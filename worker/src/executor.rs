@@ -242,6 +242,7 @@ impl Executor {
         };
         let took = started_at.elapsed().as_secs_f64();
         let policy = self.policies.for_kind(&kind);
+        let completed_by_handler = self.registry.completes_itself(&kind);
         let settles = group.into_iter().zip(spans).zip(results).map(
             |(((delivery, job, permit), span), result)| {
                 let policy = &policy;
@@ -251,7 +252,7 @@ impl Executor {
                     let decided = outcome(result, job.attempt, policy, rand::random::<f64>());
                     let settled = self
                         .completer
-                        .settle(&delivery, &job, decided)
+                        .settle(&delivery, &job, decided, completed_by_handler)
                         .instrument(span)
                         .await;
                     self.let_go(&delivery, settled, permit);

@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use reviews_db::retry_policies::insert_missing_retry_policies;
-use reviews_db::Db;
+use reviews_db::{Bookkeeping, Db};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerArgs;
@@ -84,7 +84,12 @@ pub async fn start(
     args.validate()?;
     let tuning = &args.tuning;
     let targets = args.db.targets()?;
-    let db = Db::connect_lazy(targets.pool, args.db.db_pool_size, targets.pool_mode);
+    let bookkeeping = match tuning.async_commit {
+        true => Bookkeeping::Asynchronous,
+        false => Bookkeeping::Synchronous,
+    };
+    let db = Db::connect_lazy(targets.pool, args.db.db_pool_size, targets.pool_mode)
+        .with_bookkeeping(bookkeeping);
     let queue = Arc::new(
         JobQueue::new(args.redis.target()?, &args.redis.redis_prefix)
             .context("while reading REDIS_URL / REDIS_CLUSTER_NODES / REDIS_*")?,

@@ -233,14 +233,45 @@ pub async fn check(db: &Client, observed: &Observed<'_>) -> anyhow::Result<bool>
         );
     }
     // A job run twice in one attempt is a duplicate no lease take-back explains (a take-back
-    // starts a new attempt).
-    let mut per_attempt: HashMap<(i64, i32), usize> = HashMap::new();
+    // starts a new attempt), unless Postgres lost the commit of its start: the worker's
+    // bookkeeping commits asynchronously (WORKER_ASYNC_COMMIT), and an immediate restart
+    // loses its last fraction of a second; the effects, committed with the completion, were
+    // lost with it (the ratings and notifications checks above would see them twice).
+    let mut per_attempt: HashMap<(i64, i32), Vec<SystemTime>> = HashMap::new();
     for run in runs {
-        *per_attempt.entry((run.job_id, run.attempt)).or_default() += 1;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(run.started_at_us.max(0) as u64);
+        per_attempt
+            .entry((run.job_id, run.attempt))
+            .or_default()
+            .push(at);
     }
-    let same_attempt_twice: usize = per_attempt.values().map(|n| n - 1).sum();
+    let around_a_restart = |at: SystemTime| {
+        windows.iter().enumerate().any(|(n, window)| {
+            let end = windows
+                .get(n + 1)
+                .map_or(SystemTime::now(), |next| next.start);
+            window.fault == Some(Fault::PostgresRestart)
+                && at + Duration::from_secs(1) >= window.start
+                && at <= end
+        })
+    };
+    let (mut same_attempt_twice, mut lost_starts) = (0, 0);
+    for starts in per_attempt.values().filter(|starts| starts.len() > 1) {
+        let first = starts
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match around_a_restart(first) {
+            true => lost_starts += starts.len() - 1,
+            false => same_attempt_twice += starts.len() - 1,
+        }
+    }
     println!(
         "  runs of one attempt twice    {same_attempt_twice}  (duplicates beyond lease take-backs)"
+    );
+    println!(
+        "  re-runs of lost job starts   {lost_starts}  (Postgres lost their asynchronous commit in a restart)"
     );
     let workers = runs_per_worker.len();
     let shares: Vec<f64> = runs_per_worker

@@ -13,6 +13,9 @@ pub struct Run {
     pub kind: String,
     pub job_id: i64,
     pub attempt: i32,
+    /// When the handler began, in µs since the Unix epoch (the bench measures commit →
+    /// handler start with it; the chaos suite places each run in a fault's window).
+    pub started_at_us: i64,
 }
 
 /// Where runs are recorded.
@@ -45,7 +48,7 @@ impl RunLedger for MemoryLedger {
     }
 }
 
-/// Runs appended to a file as lines `kind job_id attempt`.
+/// Runs appended to a file as lines `kind job_id attempt started_at_us`.
 pub struct FileLedger(Mutex<std::fs::File>);
 
 impl FileLedger {
@@ -68,6 +71,7 @@ impl FileLedger {
                     kind: fields.next()?.to_owned(),
                     job_id: fields.next()?.parse().ok()?,
                     attempt: fields.next()?.parse().ok()?,
+                    started_at_us: fields.next()?.parse().ok()?,
                 })
             })
             .collect())
@@ -76,7 +80,10 @@ impl FileLedger {
 
 impl RunLedger for FileLedger {
     fn record(&self, run: Run) {
-        let line = format!("{} {} {}\n", run.kind, run.job_id, run.attempt);
+        let line = format!(
+            "{} {} {} {}\n",
+            run.kind, run.job_id, run.attempt, run.started_at_us
+        );
         let mut file = self.0.lock().expect("ledger lock poisoned");
         if let Err(error) = file.write_all(line.as_bytes()) {
             tracing::error!(error = %error, "could not write the run ledger");

@@ -5,8 +5,11 @@
 //! [`JobKind`] trait), and `registry` lists it. Adding a kind touches that file, the list in
 //! [`JobRegistry::standard`] and the README's table of kinds (README: "Adding a job kind").
 //!
-//! A handler must be idempotent: the queue delivers at least once, so running a job twice must
-//! change nothing more than running it once.
+//! The queue delivers at least once. A kind whose effects are rows of this database writes
+//! them in the statement that marks its jobs done ([`JobKind::COMPLETES_ITSELF`]): they commit
+//! together, at the attempt that ran them, or not at all, so a job cannot have its effects
+//! twice. A kind whose effects are elsewhere (a webhook) must make a second run harmless
+//! (the receiver dedupes by delivery id).
 //!
 //! # Layout
 //! - `registry`: [`JobRegistry`], which handler runs which kind.
@@ -47,6 +50,10 @@ pub trait JobKind: Send + Sync + 'static {
     /// Whether the jobs of this kind started together run in one call (their work is one
     /// statement), or one call per job.
     const IN_BATCHES: bool;
+    /// Whether `run` marks its jobs done itself, in the statement that writes their effects
+    /// (with `complete_jobs_fenced` and each job's attempt): effects and completion then
+    /// commit together, and the completer only acknowledges the jobs in Redis.
+    const COMPLETES_ITSELF: bool = false;
 
     /// Runs jobs of this kind: one result per job, in order.
     fn run(
@@ -63,6 +70,16 @@ pub struct Job<P> {
     /// This attempt's number, from 1.
     pub attempt: i32,
     pub payload: P,
+}
+
+impl<P> Job<P> {
+    /// The attempt that runs it: what a self-completing kind completes it at.
+    pub fn fencing(&self) -> reviews_db::jobs::Attempt {
+        reviews_db::jobs::Attempt {
+            job_id: self.id,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// Why a job failed, which decides what happens next (see `outcome`).

@@ -4,8 +4,9 @@
 //! One job covers every event of a relay batch (its payload lists them): a job row per
 //! event costs three writes of that row (created, started, done) and a queue entry, most of
 //! a drain's cost per event (docs/PERFORMANCE.md). The jobs started together write all their
-//! notifications in one statement. A job that fails is retried, and replayed from its dead
-//! letter, as a whole: every notification it already wrote is skipped.
+//! notifications, and are marked done, in one statement: the notifications commit exactly
+//! when their jobs do. A job that fails is retried, and replayed from its dead letter, as a
+//! whole; a notification written already (a replayed event) is skipped.
 
 use reviews_db::notifications::{notify_product_owners, NewNotification};
 use reviews_db::Db;
@@ -51,6 +52,7 @@ impl JobKind for NotifyOwner {
     type Payload = Payload;
     const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
     const IN_BATCHES: bool = true;
+    const COMPLETES_ITSELF: bool = true;
     // One job for the whole batch, its events in id order.
     const FROM_EVENTS: &'static str = "
         select null::uuid, null::text,
@@ -67,8 +69,8 @@ impl JobKind for NotifyOwner {
         from claimed c
         having count(*) > 0";
 
-    /// Writes the notifications of every job's events in one statement; a failed insert
-    /// fails (and retries) them all.
+    /// Writes the notifications of every job's events and marks the jobs done, in one
+    /// statement; a failed statement fails (and retries) them all.
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
         let events: Vec<NewNotification<'_>> = jobs
             .iter()
@@ -81,9 +83,10 @@ impl JobKind for NotifyOwner {
                 author_id: &e.author_id,
             })
             .collect();
+        let attempts: Vec<_> = jobs.iter().map(Job::fencing).collect();
         let written = async {
             let conn = db.conn().await?;
-            notify_product_owners(&conn, &events).await
+            notify_product_owners(&conn, &events, &attempts).await
         }
         .await;
         if let Ok(written) = &written {

@@ -1,9 +1,15 @@
-//! `recompute_rating`: rebuilds a product's rating summary from the reviews table. The relay
-//! makes one job per product a batch touches, merged with one that waits unstarted (the
-//! coalesce key is the product), and the jobs started together recompute their products in
-//! one statement.
+//! `recompute_rating`: keeps a product's rating summary. Each review event carries its delta
+//! (+1 in the new rating's bucket of the new product, -1 in the old rating's of the old one);
+//! the relay sums a batch's deltas per product into one job (the coalesce key is the
+//! product; a job that waits unstarted takes newer deltas in), and the jobs started together
+//! add their deltas to the summaries, and are marked done, in one statement: exactly once.
+//!
+//! A job recomputes its product instead (the reviews counted, less the deltas still on their
+//! way: exact whatever runs beside it) when its events were replayed, when it comes back from
+//! a dead letter or was merged into, or when it was written before deltas (no `stars`).
+//! scripts/repair-ratings runs the same recompute for every product.
 
-use reviews_db::ratings::recompute_ratings;
+use reviews_db::ratings::apply_rating_jobs;
 use reviews_db::Db;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +25,13 @@ pub struct Payload {
     pub event_id: Option<uuid::Uuid>,
     pub actor_id: Option<String>,
     pub request_id: Option<String>,
+    /// How many reviews the events add to (or, negative, take from) each star bucket, 1 to
+    /// 5. Absent in jobs written before deltas: those recompute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stars: Option<[i32; 5]>,
+    /// Recompute instead of adding `stars` (replayed events, a dead letter replayed).
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 impl JobKind for RecomputeRating {
@@ -26,41 +39,65 @@ impl JobKind for RecomputeRating {
     type Payload = Payload;
     const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
     const IN_BATCHES: bool = true;
-    // One job per product the batch touched (an update that moves a review to another
-    // product touches both), for its newest event. With an interval set, due no sooner than
-    // the interval after the product's last recompute (`updated_at`; the summary is not read
-    // without one). greatest() skips the null of a product never recomputed.
+    const COMPLETES_ITSELF: bool = true;
+    // One job per product whose buckets the batch changes (an update that moves a review to
+    // another product changes both; one that keeps its product and rating changes none),
+    // with the sum of the events' deltas and, for the logs, the newest event. Replayed
+    // events recompute. With an interval set, due no sooner than the interval after the
+    // product's summary last changed (greatest() skips the null of a product without one).
     const FROM_EVENTS: &'static str = "
-        select distinct on (touched.product_id)
-               c.event_id, touched.product_id::text,
-               jsonb_build_object('product_id', touched.product_id, 'event_id', c.event_id,
-                                  'actor_id', c.actor_id, 'request_id', c.request_id),
+        select newest_event, product_id::text,
+               jsonb_build_object('product_id', product_id, 'event_id', newest_event,
+                                  'actor_id', actor_id, 'request_id', request_id,
+                                  'stars', to_jsonb(stars), 'recompute', recompute),
                case when $2 > 0
                     then greatest(now(), (select pr.updated_at from product_ratings pr
-                                          where pr.product_id = touched.product_id)
+                                          where pr.product_id = per_product.product_id)
                                          + $2 * interval '1 millisecond')
                     else now() end
-        from claimed c
-        cross join lateral (
-            select c.product_id
-            union
-            select (c.payload->'old'->>'product_id')::uuid
-        ) as touched (product_id)
-        where touched.product_id is not null
-        order by touched.product_id, c.id desc";
+        from (
+            select d.product_id,
+                   (array_agg(c.event_id order by c.id desc))[1] as newest_event,
+                   (array_agg(c.actor_id order by c.id desc))[1] as actor_id,
+                   (array_agg(c.request_id order by c.id desc))[1] as request_id,
+                   array[coalesce(sum(d.delta) filter (where d.rating = 1), 0),
+                         coalesce(sum(d.delta) filter (where d.rating = 2), 0),
+                         coalesce(sum(d.delta) filter (where d.rating = 3), 0),
+                         coalesce(sum(d.delta) filter (where d.rating = 4), 0),
+                         coalesce(sum(d.delta) filter (where d.rating = 5), 0)]::int4[] as stars,
+                   bool_or(c.replayed) as recompute
+            from claimed c
+            cross join lateral review_rating_deltas(c.payload) d
+            where d.product_id is not null
+            group by d.product_id
+        ) per_product
+        where recompute or stars <> '{0,0,0,0,0}'";
 
-    /// Recomputes the jobs' products in one statement; a failed statement fails (and
-    /// retries) them all.
+    /// Adds the jobs' deltas (or recomputes) and marks them done, in one statement; a failed
+    /// statement changes nothing and fails (and retries) them all.
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
-        let products: Vec<uuid::Uuid> = jobs.iter().map(|job| job.payload.product_id).collect();
-        let recomputed = async {
+        let settled: Result<Vec<_>, serde_json::Error> = jobs
+            .iter()
+            .map(|job| Ok((job.fencing(), serde_json::to_value(&job.payload)?)))
+            .collect();
+        let settled = match settled {
+            Ok(settled) => settled,
+            Err(error) => {
+                let message = format!("payload does not serialise: {error}");
+                return jobs
+                    .iter()
+                    .map(|_| Err(JobError::Permanent(anyhow::anyhow!("{message}"))))
+                    .collect();
+            }
+        };
+        let applied = async {
             let conn = db.conn().await?;
-            recompute_ratings(&conn, &products).await
+            apply_rating_jobs(&conn, &settled).await
         }
         .await;
-        if recomputed.is_ok() {
-            tracing::debug!(products = products.len(), "ratings recomputed");
+        if applied.is_ok() {
+            tracing::debug!(jobs = jobs.len(), "rating summaries updated");
         }
-        all_or_none(jobs.len(), recomputed)
+        all_or_none(jobs.len(), applied)
     }
 }

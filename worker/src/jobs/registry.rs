@@ -33,6 +33,7 @@ pub struct RelayedKind {
 #[derive(Clone)]
 struct Handler {
     in_batches: bool,
+    completes_itself: bool,
     run: Run,
 }
 
@@ -76,6 +77,7 @@ impl JobRegistry {
             K::NAME.to_owned(),
             Handler {
                 in_batches: K::IN_BATCHES,
+                completes_itself: K::COMPLETES_ITSELF,
                 run,
             },
         );
@@ -105,6 +107,7 @@ impl JobRegistry {
             kind.to_owned(),
             Handler {
                 in_batches: false,
+                completes_itself: false,
                 run,
             },
         );
@@ -132,6 +135,12 @@ impl JobRegistry {
         self.handlers.get(kind).is_some_and(|h| h.in_batches)
     }
 
+    /// Whether the handler of `kind` marks its jobs done with their effects
+    /// ([`JobKind::COMPLETES_ITSELF`]).
+    pub fn completes_itself(&self, kind: &str) -> bool {
+        self.handlers.get(kind).is_some_and(|h| h.completes_itself)
+    }
+
     /// Runs jobs of `kind` (the runner passes several only for a kind that runs in batches);
     /// one result per job, in order. An unknown kind fails permanently.
     pub fn run(
@@ -143,11 +152,15 @@ impl JobRegistry {
         match self.handlers.get(kind) {
             Some(handler) => {
                 if let Some(ledger) = &self.ledger {
+                    let started_at_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_micros() as i64);
                     for job in &jobs {
                         ledger.record(LedgerRun {
                             kind: kind.to_owned(),
                             job_id: job.job_id,
                             attempt: job.attempt,
+                            started_at_us,
                         });
                     }
                 }

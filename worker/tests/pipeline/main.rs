@@ -3,6 +3,7 @@
 
 mod capture;
 mod doorbell;
+mod effects;
 mod faults;
 mod flow;
 mod kinds;

@@ -37,8 +37,13 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
             } else {
                 &fallback_max_attempts
             };
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, second];
-            let used = if sql.contains("$2") { 2 } else { 1 };
+            // $3: the bookkeeping's synchronous_commit (null: the server's).
+            let commit: Option<&str> = None;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, second, &commit];
+            let used = ["$3", "$2", "$1"]
+                .iter()
+                .position(|p| sql.contains(p))
+                .map_or(0, |p| 3 - p);
             client
                 .query(&format!("explain {sql}"), &params[..used])
                 .await

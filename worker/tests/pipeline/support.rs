@@ -167,6 +167,7 @@ impl TestPipeline {
                 job_timeout: Duration::from_millis(1_000),
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
+                async_commit: true,
             },
             // What start() checks against the job timeout; the tests' webhook deliveries use
             // the settings their registry was given.

@@ -1,0 +1,211 @@
+//! Effects in Postgres commit with their job's completion, exactly once; rating summaries are
+//! kept by deltas, and the exact recompute (the repair path) agrees with them whatever is
+//! on its way.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use reviews_worker::jobs::{JobContext, JobRegistry};
+
+use crate::support::*;
+
+/// Relays what is pending and starts every pending job (attempt 1), as a runner would.
+async fn relay_and_start(p: &TestPipeline) -> Vec<reviews_db::jobs::StartedJob> {
+    let conn = p.db.conn().await.unwrap();
+    let statement = reviews_worker::relay::statement_for(&JobRegistry::standard());
+    reviews_db::outbox::relay_pending_events(&conn, &statement, 500, Duration::ZERO)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = p
+        .column("select id from jobs where status = 'pending' order by id")
+        .await;
+    reviews_db::jobs::start_jobs(&conn, &ids, 10).await.unwrap()
+}
+
+/// Runs started jobs of `kind` through the standard handlers, with `attempt` for each.
+async fn run_as(
+    p: &TestPipeline,
+    jobs: &[reviews_db::jobs::StartedJob],
+    kind: &str,
+    attempt: impl Fn(&reviews_db::jobs::StartedJob) -> i32,
+) -> Vec<Result<(), reviews_worker::jobs::JobError>> {
+    let contexts: Vec<JobContext> = jobs
+        .iter()
+        .filter(|job| job.kind == kind)
+        .map(|job| JobContext {
+            db: p.db.clone(),
+            job_id: job.id,
+            attempt: attempt(job),
+            payload: job.payload.clone(),
+        })
+        .collect();
+    JobRegistry::standard()
+        .run(kind, p.db.clone(), contexts)
+        .await
+}
+
+#[tokio::test]
+async fn a_run_whose_attempt_was_taken_over_commits_no_effect_and_the_owner_commits_once() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 3)).await;
+    let started = relay_and_start(&p).await;
+    assert_eq!(started.len(), 2, "a notify job and a rating job");
+
+    // A runner that stalled: another took its jobs over (attempt 2) before it got to write.
+    p.sql("update jobs set attempts = 2").await;
+    for kind in ["notify_owner", "recompute_rating"] {
+        let results = run_as(&p, &started, kind, |job| job.attempt).await;
+        assert!(
+            results.iter().all(Result::is_err),
+            "{kind}: fenced out: {results:?}"
+        );
+    }
+    assert_eq!(p.count("select count(*) from notifications").await, 0);
+    assert_eq!(p.count("select count(*) from product_ratings").await, 0);
+    assert_eq!(
+        p.count("select count(*) from jobs where status = 'pending'")
+            .await,
+        2
+    );
+
+    // The owner of attempt 2 writes them, with the completion; a second run of the same
+    // attempt (a redelivery after a crash that lost the acknowledgement) writes nothing.
+    for round in 0..2 {
+        for kind in ["notify_owner", "recompute_rating"] {
+            let results = run_as(&p, &started, kind, |_| 2).await;
+            assert_eq!(
+                results.iter().all(Result::is_ok),
+                round == 0,
+                "{kind}, run {round}: {results:?}"
+            );
+        }
+    }
+    assert_eq!(p.count("select count(*) from notifications").await, 3);
+    assert_eq!(
+        p.count("select count(*) from jobs where status = 'done'")
+            .await,
+        2
+    );
+    p.assert_ratings_match_reviews().await;
+}
+
+#[tokio::test]
+async fn summaries_kept_by_deltas_equal_the_aggregate_after_random_inserts_updates_moves_and_deletes(
+) {
+    let p = TestPipeline::new().await;
+    let products = [
+        p.create_product("owner").await,
+        p.create_product("owner").await,
+        p.create_product("owner").await,
+    ];
+    let worker = p.start_worker().await;
+    let client = p.client().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let mut reviews: Vec<uuid::Uuid> = Vec::new();
+    for step in 0..300 {
+        let product = products[rng.random_range(0..products.len())];
+        let rating = rng.random_range(1..=5i16);
+        match (rng.random_range(0..10), reviews.is_empty()) {
+            (0..=4, _) | (_, true) => {
+                let id: uuid::Uuid = client
+                    .query_one(
+                        "insert into reviews (product_id, author_id, rating, title, body)
+                         values ($1, $2, $3, 't', 'b') returning id",
+                        &[&product, &format!("author-{step}"), &rating],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                reviews.push(id);
+            }
+            (5..=6, _) => {
+                let id = reviews[rng.random_range(0..reviews.len())];
+                client
+                    .execute(
+                        "update reviews set rating = $2 where id = $1",
+                        &[&id, &rating],
+                    )
+                    .await
+                    .unwrap();
+            }
+            (7, _) => {
+                // Moved to another product, with another rating: both products change.
+                let id = reviews[rng.random_range(0..reviews.len())];
+                client
+                    .execute(
+                        "update reviews set product_id = $2, rating = $3 where id = $1",
+                        &[&id, &product, &rating],
+                    )
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let id = reviews.swap_remove(rng.random_range(0..reviews.len()));
+                client
+                    .execute("delete from reviews where id = $1", &[&id])
+                    .await
+                    .unwrap();
+            }
+        }
+        if step % 50 == 0 {
+            // Now and then the repair runs beside the deltas on their way: it must agree.
+            p.sql("select recompute_product_rating(id) from products order by id")
+                .await;
+        }
+    }
+    p.wait_until_idle(Duration::from_secs(30)).await;
+    worker.stop().await;
+    p.assert_ratings_match_reviews().await;
+    assert!(
+        p.count("select count(*) from jobs where kind = 'recompute_rating' and payload ? 'stars'")
+            .await
+            > 0,
+        "the summaries were kept by deltas"
+    );
+}
+
+#[tokio::test]
+async fn replayed_events_and_a_replayed_dead_letter_recompute_instead_of_adding_twice() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 4)).await;
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    p.assert_ratings_match_reviews().await;
+
+    // Replayed as scripts/replay-events does: the rating job recomputes.
+    p.sql(
+        "insert into outbox_pending (id, replayed) select id, true from outbox;
+         select pg_notify('outbox', '')",
+    )
+    .await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    p.assert_ratings_match_reviews().await;
+    assert_eq!(
+        p.count("select count(*) from jobs where kind = 'recompute_rating' and (payload->>'recompute')::boolean")
+            .await,
+        1
+    );
+
+    // A rating job that died: replaying its dead letter recomputes too.
+    let done: i64 = p
+        .count("select min(id) from jobs where kind = 'recompute_rating' and not (payload->>'recompute')::boolean")
+        .await;
+    p.sql(&format!(
+        "update jobs set status = 'dead' where id = {done};
+         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
+         select id, kind, payload, attempts, created_at from jobs where id = {done}"
+    ))
+    .await;
+    let conn = p.db.conn().await.unwrap();
+    let letter: i64 = p
+        .count(&format!("select id from dead_jobs where job_id = {done}"))
+        .await;
+    assert!(reviews_db::jobs::replay_dead_job(&conn, letter)
+        .await
+        .unwrap());
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    p.assert_ratings_match_reviews().await;
+}
