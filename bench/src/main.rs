@@ -54,6 +54,10 @@ struct Args {
     /// Peak memory is always reported.
     #[arg(long, value_delimiter = ',', value_parser = ["latency", "sustained", "api", "drain", "idle", "claim"])]
     only: Vec<String>,
+    /// The doorbell-only pgbench rate measured just before (bench/doorbell.sh, which
+    /// scripts/bench runs first): the sustained SQL rate is reported as a share of it.
+    #[arg(long, env = "BENCH_DOORBELL_TPS")]
+    doorbell_tps: Option<f64>,
     /// The processes' DB_POOL_MODE: `transaction` runs every statement unnamed (no statement
     /// cache), as behind PgBouncer, to measure what that costs.
     #[arg(long, default_value = "session", value_parser = ["session", "transaction"])]
@@ -129,11 +133,13 @@ async fn main() -> anyhow::Result<()> {
         let achieved = done as f64 / started.elapsed().as_secs_f64();
         measure::wait_until_idle(&client, Duration::from_secs(120)).await?;
         let job = measure::commit_to_job_start(&client).await?;
+        let handler = measure::commit_to_handler_start(&client, &stack.ledger_path()).await?;
         let rating = measure::commit_to_rating_visible(&client).await?;
         row(
             &format!("{via} {rate}/s (achieved {achieved:.0}/s): commit -> job start"),
             lat(&job),
         );
+        row("  commit -> handler start", lat(&handler));
         let (to_relay, relay_to_start) = measure::job_start_split(&client).await?;
         row("  of which commit -> relay's claim", lat(&to_relay));
         row("  and relay's claim -> job start", lat(&relay_to_start));
@@ -151,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             &format!("{via} {rate}/s: commit -> rating visible"),
             lat(&rating),
         );
-        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating}));
+        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_handler_start_ms": handler, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating}));
     }
 
     // Highest sustained rate: flat out, then how long the worker needs to catch up.
@@ -176,6 +182,12 @@ async fn main() -> anyhow::Result<()> {
             "{rate:.0} reviews/s; worker done {:.2} s after the load",
             catch_up.as_secs_f64()
         );
+        if let (true, Some(doorbell)) = (via == "sql", args.doorbell_tps) {
+            value.push_str(&format!(
+                "; {:.0}% of the doorbell-only pgbench rate of this run ({doorbell:.0} tx/s)",
+                100.0 * rate / doorbell
+            ));
+        }
         if !latencies.is_empty() {
             let p = percentiles(latencies.clone());
             value.push_str(&format!(

@@ -79,6 +79,38 @@ pub async fn commit_to_job_start(client: &Client) -> anyhow::Result<Percentiles>
     Ok(percentiles(rows.iter().map(|r| r.get(0)).collect()))
 }
 
+/// Commit → handler start of every event's notify job, in ms: from the event's transaction
+/// start (as [`commit_to_job_start`]) to the moment the worker called the job's handler, as
+/// its run ledger recorded it (`ledger`; same machine, same clock). The job start above is
+/// the start statement's transaction time; the handler begins once that statement's
+/// answer is back.
+pub async fn commit_to_handler_start(
+    client: &Client,
+    ledger: &std::path::Path,
+) -> anyhow::Result<Percentiles> {
+    let mut began: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    for run in reviews_worker::jobs::ledger::FileLedger::read(ledger)? {
+        let first = began.entry(run.job_id).or_insert(run.started_at_us);
+        *first = (*first).min(run.started_at_us);
+    }
+    let rows = client
+        .query(
+            &format!(
+                "select j.id, extract(epoch from o.occurred_at)::float8 from {NOTIFY_JOB_OF_EVENT}"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(percentiles(
+        rows.iter()
+            .filter_map(|r| {
+                let began = *began.get(&r.get::<_, i64>(0))?;
+                Some((began as f64 / 1e6 - r.get::<_, f64>(1)) * 1000.0)
+            })
+            .collect(),
+    ))
+}
+
 /// Acknowledged commit → job start of each review of `acknowledged`, in ms: from the moment
 /// its writer got the commit's acknowledgement to the start of its notify job. The commit
 /// itself lies between the event's transaction start ([`commit_to_job_start`]'s origin, which

@@ -118,6 +118,8 @@ impl Stack {
                 format!("127.0.0.1:{}", self.worker_metrics_port),
             )
             .env("WORKER_CONCURRENCY", self.worker_concurrency.to_string())
+            // When each handler began: commit → handler start is measured from it.
+            .env("JOB_RUN_LEDGER", self.ledger_path())
             .env("OUTBOX_POLL_INTERVAL", "5s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -162,7 +164,16 @@ impl Stack {
     }
 
     /// Empties the review data between scenarios (the schema and policies stay).
+    /// Where the worker records when each handler began (one line per run).
+    pub fn ledger_path(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-runs.ledger")
+    }
+
     pub async fn reset(&self) -> anyhow::Result<()> {
+        // The worker appends to it: emptied, it fills again from the start.
+        if self.ledger_path().exists() {
+            std::fs::File::create(self.ledger_path())?;
+        }
         let client = self.client().await?;
         client
             .batch_execute(
