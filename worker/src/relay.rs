@@ -9,8 +9,11 @@
 //! When it runs out of work it tries to go to sleep (`doorbell`), never waiting for a
 //! writer. Asleep, it looks once more (writers that found it awake have committed by then)
 //! and waits for the bell, or the slow poll, the safety net for a missed bell. When a writer
-//! is in flight it cannot sleep: it looks again on a short timer (2 ms, doubling to 50 ms)
-//! until it can. Reconciliation runs apart, on its own cadence (`reconciler`).
+//! is in flight it cannot sleep: it looks again on a short timer until it can: 1 ms after a
+//! look that found events (under steady writes a writer is nearly always in flight, and the
+//! timer is what an event waits for), doubling to 50 ms while looks find nothing (a writer
+//! holding its transaction open). Reconciliation runs apart, on its own cadence
+//! (`reconciler`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +29,11 @@ use crate::listener::Bells;
 use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
 
-/// How soon a relay that cannot sleep (a writer is in flight) looks again…
-const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(2);
-/// …doubling up to this: how late an event can be relayed while a writer's transaction
-/// stays open.
+/// How soon a relay that cannot sleep (a writer is in flight) looks again after a look that
+/// found events…
+const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(1);
+/// …doubling, while looks find nothing, up to this: how late an event can be relayed while a
+/// writer's transaction stays open.
 const LOOK_AGAIN_CAP: Duration = Duration::from_millis(50);
 
 /// What one relay pass found.
@@ -122,16 +126,19 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = Backoff::reconnecting();
         let mut looking = Backoff::new(LOOK_AGAIN_FIRST, LOOK_AGAIN_CAP);
-        let mut nap = Ok(Nap::KeepLooking);
+        let mut nap = Ok((Nap::KeepLooking, 0));
         loop {
             let rest = match &nap {
-                Ok(Nap::Asleep | Nap::AnotherRelaySleeps) => {
+                Ok((Nap::Asleep | Nap::AnotherRelaySleeps, _)) => {
                     failures.reset();
                     looking.reset();
                     self.settings.poll_interval
                 }
-                Ok(Nap::KeepLooking) => {
+                Ok((Nap::KeepLooking, relayed)) => {
                     failures.reset();
+                    if *relayed > 0 {
+                        looking.reset();
+                    }
                     looking.next_delay()
                 }
                 Err(error) => {
@@ -149,7 +156,7 @@ impl Relay {
                 _ = self.bells.outbox.notified() => true,
                 _ = tokio::time::sleep(rest) => false,
             };
-            if !rang && matches!(nap, Ok(Nap::Asleep)) {
+            if !rang && matches!(nap, Ok((Nap::Asleep, _))) {
                 // The slow poll, asleep: look without waking; wake only if there is work.
                 match self.drain().await {
                     Ok(0) => continue,
@@ -167,14 +174,20 @@ impl Relay {
     }
 
     /// Wakes (writers stop ringing), drains the outbox, then tries to sleep again; asleep, it
-    /// looks once more, since every writer that found it awake has ended by then.
-    async fn wake_and_work(&self) -> anyhow::Result<Nap> {
+    /// looks once more, since every writer that found it awake has ended by then. Returns
+    /// how it rests, and how many events it relayed.
+    async fn wake_and_work(&self) -> anyhow::Result<(Nap, i64)> {
+        let mut relayed = 0;
         loop {
             self.doorbell.wake().await?;
-            self.drain().await?;
+            relayed += self.drain().await?;
             let nap = self.doorbell.try_to_sleep().await?;
-            if nap != Nap::Asleep || self.drain().await? == 0 {
-                return Ok(nap);
+            if nap != Nap::Asleep {
+                return Ok((nap, relayed));
+            }
+            match self.drain().await? {
+                0 => return Ok((nap, relayed)),
+                more => relayed += more,
             }
         }
     }
