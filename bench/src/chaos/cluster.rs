@@ -40,49 +40,16 @@ impl Cluster {
     }
 }
 
-/// Asks `seed` for the slot map (CLUSTER NODES: `id addr flags primary-id ... slots`).
+/// Asks `seed` for the slot map and finds `key`'s shard in it.
 async fn shard_of(seed: &str, key: &str) -> anyhow::Result<Shard> {
-    let client = redis::Client::open(format!("redis://{seed}"))?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut conn)
-        .await?;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut conn)
-        .await?;
-    let lines: Vec<Vec<&str>> = nodes
-        .lines()
-        .map(|line| line.split_whitespace().collect())
-        .collect();
-    let port = |fields: &[&str]| -> Option<u16> {
-        fields
-            .get(1)?
-            .split('@')
-            .next()?
-            .rsplit(':')
-            .next()?
-            .parse()
-            .ok()
-    };
-    let owns = |fields: &[&str]| {
-        fields.iter().skip(8).any(|range| {
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(s), Ok(e)) if (s..=e).contains(&slot))
-        })
-    };
-    let primary = lines
-        .iter()
-        .find(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail") && owns(f))
+    use reviews_service::redis::topology;
+    let (slot, nodes) = topology::slot_map(seed, key).await?;
+    let (primary, replica) = topology::shard(&nodes, slot)
         .ok_or_else(|| anyhow::anyhow!("no live primary owns slot {slot} yet"))?;
-    let replica = lines.iter().find(|f| {
-        f.len() > 3 && f[2].contains("slave") && !f[2].contains("fail") && f[3] == primary[0]
-    });
     Ok(Shard {
-        primary_port: port(primary)
+        primary_port: primary
+            .port()
             .ok_or_else(|| anyhow::anyhow!("unreadable node {primary:?}"))?,
-        replica_port: replica.and_then(|r| port(r)),
+        replica_port: replica.and_then(|r| r.port()),
     })
 }

@@ -219,31 +219,15 @@ impl Checkout<'_> {
     }
 }
 
-impl ConnectionLike for Checkout<'_> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+impl Checkout<'_> {
+    fn inner(&mut self) -> &mut (dyn ConnectionLike + Send) {
         match self {
-            Checkout::Pooled(pooled) => pooled.connection.req_packed_command(cmd),
-            Checkout::Cluster { connection, .. } => connection.req_packed_command(cmd),
+            Checkout::Pooled(pooled) => &mut pooled.connection,
+            Checkout::Cluster { connection, .. } => connection,
         }
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Checkout::Pooled(pooled) => pooled
-                .connection
-                .req_packed_commands(pipeline, offset, count),
-            Checkout::Cluster { connection, .. } => {
-                connection.req_packed_commands(pipeline, offset, count)
-            }
-        }
-    }
-
-    fn get_db(&self) -> i64 {
+    fn db(&self) -> i64 {
         match self {
             Checkout::Pooled(pooled) => pooled.connection.get_db(),
             Checkout::Cluster { connection, .. } => connection.get_db(),
@@ -257,37 +241,48 @@ pub enum Connection {
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+impl Connection {
+    fn inner(&mut self) -> &mut (dyn ConnectionLike + Send) {
         match self {
-            Connection::Server(connection) => connection.req_packed_command(cmd),
-            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+            Connection::Server(connection) => connection,
+            Connection::Cluster(connection) => connection,
         }
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Server(connection) => {
-                connection.req_packed_commands(pipeline, offset, count)
-            }
-            Connection::Cluster(connection) => {
-                connection.req_packed_commands(pipeline, offset, count)
-            }
-        }
-    }
-
-    fn get_db(&self) -> i64 {
+    fn db(&self) -> i64 {
         match self {
             Connection::Server(connection) => connection.get_db(),
             Connection::Cluster(connection) => connection.get_db(),
         }
     }
 }
+
+/// Both kinds of connection pass each command to the connection they hold.
+macro_rules! delegate_connection_like {
+    ($type:ty) => {
+        impl ConnectionLike for $type {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                self.inner().req_packed_command(cmd)
+            }
+
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                self.inner().req_packed_commands(pipeline, offset, count)
+            }
+
+            fn get_db(&self) -> i64 {
+                self.db()
+            }
+        }
+    };
+}
+
+delegate_connection_like!(Checkout<'_>);
+delegate_connection_like!(Connection);
 
 /// A pooled connection and whether it has failed.
 pub struct Tracked {

@@ -5,9 +5,11 @@
 //! - `connections`: ordinary commands (a pool that replaces failed connections, or one
 //!   cluster connection that follows the slots) and connections of their own for blocking
 //!   reads.
+//! - `topology`: a cluster's slot map (the chaos suite's failovers, the tests).
 
 mod connections;
 mod settings;
+pub mod topology;
 
 pub use connections::{means_connection_lost, Checkout, Connection, Redis};
 pub use settings::{CaCert, ClusterSeeds, RedisArgs, RedisConfigError, RedisTarget};

@@ -269,40 +269,12 @@ impl Drop for RedisCluster {
 
 /// Of a cluster's nodes, a primary that does not own `key`'s slot.
 pub async fn non_owner(seeds: &[String], key: &str) -> String {
-    let client = redis::Client::open(format!("redis://{}", seeds[0])).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // Each entry: start, end, [host, port, id], replicas...
-    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    for range in ranges {
-        let redis::Value::Array(parts) = range else {
-            continue;
-        };
-        let (redis::Value::Int(start), redis::Value::Int(end)) = (&parts[0], &parts[1]) else {
-            continue;
-        };
-        if (*start..=*end).contains(&slot) {
-            continue;
-        }
-        let redis::Value::Array(primary) = &parts[2] else {
-            continue;
-        };
-        let (redis::Value::BulkString(host), redis::Value::Int(port)) = (&primary[0], &primary[1])
-        else {
-            continue;
-        };
-        return format!("{}:{port}", String::from_utf8_lossy(host));
-    }
-    panic!("no primary without slot {slot}");
+    use reviews_service::redis::topology;
+    let (slot, nodes) = topology::slot_map(&seeds[0], key).await.unwrap();
+    topology::primary_elsewhere(&nodes, slot)
+        .unwrap_or_else(|| panic!("no primary without slot {slot}"))
+        .addr
+        .clone()
 }
 
 /// PgBouncer in transaction mode in front of the test Postgres (trust authentication, as the

@@ -445,33 +445,12 @@ impl Drop for TestPipeline {
 /// Of a cluster's nodes, a primary that does not own `key`'s slot (a client pointed there is
 /// answered MOVED).
 async fn node_not_owning(seeds: &[String], key: &str) -> String {
-    let client = redis::Client::open(format!("redis://{}", seeds[0])).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 || !fields[2].contains("master") {
-            continue;
-        }
-        let owns = fields[8..].iter().any(|range| {
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            matches!((start.parse::<i64>(), end.parse::<i64>()), (Ok(s), Ok(e)) if (s..=e).contains(&slot))
-        });
-        if !owns {
-            return fields[1].split('@').next().unwrap().to_owned();
-        }
-    }
-    panic!("no primary without slot {slot}");
+    use reviews_service::redis::topology;
+    let (slot, nodes) = topology::slot_map(&seeds[0], key).await.unwrap();
+    topology::primary_elsewhere(&nodes, slot)
+        .unwrap_or_else(|| panic!("no primary without slot {slot}"))
+        .addr
+        .clone()
 }
 
 /// Authors `prefix-0`, `prefix-1`, …
