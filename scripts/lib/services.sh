@@ -90,8 +90,8 @@ start_private_postgres() {
         as_pg_owner "$initdb" --pgdata="$data" --username=postgres --auth=trust >/dev/null
     fi
     if [[ ! -f "$data/server.crt" ]]; then
-        # TLS as on a managed server (and as the TLS tests need): a self-signed certificate
-        # for localhost, which is its own CA.
+        # TLS as on a managed server: a self-signed certificate for localhost, which is its
+        # own CA (the TLS tests start a Postgres of their own with a certificate they make).
         need_packages "the private Postgres's certificate" openssl:openssl
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
             -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \

@@ -1,7 +1,7 @@
 //! Servers the deployment tests start from the system's binaries, each on loopback ports
 //! with a directory of its own, each stopped by its process id when dropped: a CA made with
-//! openssl, a Redis that speaks only TLS, a six-node Redis Cluster, PgBouncer in
-//! transaction mode.
+//! openssl, a Postgres and a Redis with its certificates, a six-node Redis Cluster,
+//! PgBouncer in transaction mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,15 +82,16 @@ impl TestCa {
         self.dir.join(format!("{}-ca.key", self.name))
     }
 
-    /// A server certificate for localhost and 127.0.0.1 signed by this CA: (cert, key).
-    pub fn issue_server(&self, server: &str) -> (PathBuf, PathBuf) {
+    /// A server certificate signed by this CA, valid for `names` (a subjectAltName value,
+    /// e.g. "DNS:localhost,IP:127.0.0.1"): (cert, key).
+    pub fn issue_server(&self, server: &str, names: &str) -> (PathBuf, PathBuf) {
         let cert = self.dir.join(format!("{server}.pem"));
         let key = self.dir.join(format!("{server}.key"));
         let csr = self.dir.join(format!("{server}.csr"));
         let extensions = self.dir.join(format!("{server}.ext"));
         std::fs::write(
             &extensions,
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName={names}\nextendedKeyUsage=serverAuth\n"),
         )
         .unwrap();
         run(
@@ -181,7 +182,7 @@ pub struct TlsRedis {
 
 impl TlsRedis {
     pub async fn start(ca: &TestCa, scratch: &Scratch) -> Self {
-        let (cert, key) = ca.issue_server("redis");
+        let (cert, key) = ca.issue_server("redis", "DNS:localhost,IP:127.0.0.1");
         let port = free_ports(1, 0);
         let process = Command::new("redis-server")
             .args([
@@ -219,6 +220,120 @@ impl TlsRedis {
             _process: process,
         }
     }
+}
+
+/// A Postgres server of the test's own (initdb from the system's server binaries), with TLS
+/// on and a certificate from `ca` valid for `localhost` only, trust authentication for
+/// `postgres`. Its own rather than the shared test server: that one's certificate is whatever
+/// the machine made (Debian's names the host), so no test could know which names it covers.
+pub struct TlsPostgres {
+    pub port: u16,
+    process: Child,
+    _scratch: Scratch,
+}
+
+impl TlsPostgres {
+    pub async fn start(ca: &TestCa) -> Self {
+        let scratch = Scratch::new("pg-tls-server");
+        let (cert, key) = ca.issue_server("postgres", "DNS:localhost");
+        // Postgres refuses a key that others may read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let data = scratch.path("data");
+        // initdb and postgres refuse to run as root: as root, both run as `postgres`.
+        let owner = running_as_root().then(|| {
+            run(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres")
+                    .arg(&scratch.0)
+                    .arg(&cert)
+                    .arg(&key),
+                "chown the Postgres directory",
+            );
+            let id = |flag: &str| -> u32 {
+                let output = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            (id("-u"), id("-g"))
+        });
+        let as_owner = |command: &mut Command| {
+            use std::os::unix::process::CommandExt;
+            if let Some((uid, gid)) = owner {
+                command.uid(uid).gid(gid);
+            }
+        };
+        let mut initdb = Command::new(pg_bin("initdb"));
+        initdb.arg("--pgdata").arg(&data).args([
+            "--username=postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        as_owner(&mut initdb);
+        run(&mut initdb, "initdb (apt-get install postgresql)");
+        let port = free_ports(1, 0);
+        let mut postgres = Command::new(pg_bin("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&data)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "ssl=on",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-c")
+            .arg(format!("ssl_cert_file={}", cert.display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", key.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_owner(&mut postgres);
+        let process = postgres.spawn().unwrap();
+        wait_for_port(port, "the TLS Postgres").await;
+        TlsPostgres {
+            port,
+            process,
+            _scratch: scratch,
+        }
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        // Immediate shutdown by the postmaster's process id: its backends go with it.
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.process.id().to_string()])
+            .status();
+        let _ = self.process.wait();
+    }
+}
+
+/// A Postgres server binary: Debian's newest under /usr/lib/postgresql, else the PATH's.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin").join(name))
+        .filter(|path| path.exists())
+        .collect();
+    versions.sort_by_key(|path| {
+        path.components()
+            .nth(4)
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
+    });
+    versions.pop().unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Six redis-server processes in a cluster (scripts/lib/redis-cluster), stopped by their

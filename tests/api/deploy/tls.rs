@@ -1,14 +1,13 @@
-//! TLS: Postgres's sslmode against the test server (ssl is on; its certificate is
-//! self-signed, so it is its own CA), and rediss:// against a Redis that speaks only TLS with
-//! a CA the test makes with openssl. A wrong CA fails with a sentence that says why.
+//! TLS: Postgres's sslmode against a Postgres with TLS on, and rediss:// against a Redis that
+//! speaks only TLS, each with a certificate from a CA the test makes with openssl. A wrong CA
+//! or host name fails with a sentence that says why.
 
 use clap::Parser;
 use reviews_db::DbArgs;
 use reviews_service::redis::RedisArgs;
 use reviews_worker::queue::JobQueue;
 
-use super::servers::{Scratch, TestCa, TlsRedis};
-use reviews_db::testing::TestDatabase;
+use super::servers::{Scratch, TestCa, TlsPostgres, TlsRedis};
 
 #[derive(Parser)]
 struct DbCli {
@@ -21,25 +20,6 @@ fn db_args(url: &str) -> DbArgs {
     DbCli::try_parse_from(["test", "--database-url", url])
         .unwrap()
         .db
-}
-
-/// The test server's certificate file (readable: it is the public half) and the URL of
-/// `database` on it with `query` and host `host`.
-async fn server_tls(database: &TestDatabase) -> (String, String, u16) {
-    let client = database.client().await;
-    let ssl: String = client.query_one("show ssl", &[]).await.unwrap().get(0);
-    assert_eq!(
-        ssl, "on",
-        "the test Postgres must have ssl on (Debian's has; scripts/test starts one with it)"
-    );
-    let cert: String = client
-        .query_one("show ssl_cert_file", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let user = database.config.get_user().unwrap().to_owned();
-    let port = *database.config.get_ports().first().unwrap_or(&5432);
-    (cert, user, port)
 }
 
 /// Connects as the pool would and says whether the session is encrypted.
@@ -65,10 +45,13 @@ async fn encrypted(args: &DbArgs) -> Result<bool, String> {
 
 #[tokio::test]
 async fn postgres_sslmodes_encrypt_and_verify_full_checks_the_ca_and_the_host_name() {
-    let database = TestDatabase::create().await;
-    let (server_cert, user, port) = server_tls(&database).await;
-    let db = &database.name;
-    let url = |host: &str, query: &str| format!("postgres://{user}@{host}:{port}/{db}?{query}");
+    let scratch = Scratch::new("pg-tls");
+    let ca = TestCa::new(&scratch, "postgres");
+    let server = TlsPostgres::start(&ca).await;
+    let server_cert = ca.cert().display().to_string();
+    let port = server.port;
+    let url =
+        |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/postgres?{query}");
 
     assert!(!encrypted(&db_args(&url("127.0.0.1", "sslmode=disable")))
         .await
@@ -106,7 +89,6 @@ async fn postgres_sslmodes_encrypt_and_verify_full_checks_the_ca_and_the_host_na
         "{refused}"
     );
 
-    let scratch = Scratch::new("pg-tls");
     let other_ca = TestCa::new(&scratch, "other");
     let wrong_ca = url(
         "localhost",
