@@ -66,15 +66,21 @@ async fn api_and_worker_keep_every_effect_through_pgbouncer_in_transaction_mode(
     let wrong: i64 = client
         .query_one(
             "select count(*) from product_ratings pr
-             where (review_count, rating_sum) <>
-                   (select count(*), coalesce(sum(rating), 0) from reviews r
-                    where r.product_id = pr.product_id)",
+             where (review_count, rating_sum, stars_1, stars_2, stars_3, stars_4, stars_5) <>
+                   (select count(*), coalesce(sum(rating), 0),
+                           count(*) filter (where rating = 1), count(*) filter (where rating = 2),
+                           count(*) filter (where rating = 3), count(*) filter (where rating = 4),
+                           count(*) filter (where rating = 5)
+                    from reviews r where r.product_id = pr.product_id)",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(wrong, 0, "summaries equal the reviews");
+    assert_eq!(
+        wrong, 0,
+        "summaries equal the reviews: count, sum and each bucket"
+    );
     let rating = app
         .graphql(
             "query($id: ID!) { product(id: $id) { rating { count } } }",

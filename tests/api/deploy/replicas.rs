@@ -123,3 +123,113 @@ async fn without_redis_or_while_it_is_unreachable_each_process_limits_on_its_own
         vec![200, 200, 200, 429]
     );
 }
+
+/// A `reviews-api serve` process, killed by its process id when dropped.
+struct ApiProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ApiProcess {
+    async fn start(database: &reviews_db::testing::TestDatabase, env: &[(&str, &str)]) -> Self {
+        let port = super::servers::free_ports(1, 0);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reviews-api"))
+            .arg("serve")
+            .env("DATABASE_URL", database.url())
+            .env("API_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let api = ApiProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{}/healthz", api.url))
+                .send()
+                .await
+                .is_ok()
+            {
+                return api;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("reviews-api did not answer on port {port}");
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binaries as deployed: two `reviews-api serve` processes configured only by their
+/// environment (REDIS_URL, RATE_LIMIT_USER_PER_MINUTE) share a user's allowance.
+#[tokio::test]
+async fn two_api_binaries_configured_by_environment_share_a_users_allowance() {
+    let database = reviews_db::testing::TestDatabase::create().await;
+    let secret = TestApp::new_secret();
+    let prefix = format!("rate-bin-{}", uuid::Uuid::new_v4().simple());
+    let redis = redis_url();
+    let env = [
+        ("AUTH_JWT_SECRET", secret.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("RATE_LIMIT_USER_PER_MINUTE", "3"),
+        ("RATE_LIMIT_IP_PER_MINUTE", "0"),
+    ];
+    let apis = [
+        ApiProcess::start(&database, &env).await,
+        ApiProcess::start(&database, &env).await,
+    ];
+    let token = TokenKeys::new(secret.as_bytes())
+        .mint(
+            "erin",
+            reviews_api::auth::Role::User,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let response = http
+            .post(format!("{}/graphql", apis[i % 2].url))
+            .bearer_auth(&token)
+            .json(&json!({ "query": CREATE }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    // The allowance's keys go with the test.
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !keys.is_empty(),
+        "the allowance is kept in Redis under REDIS_PREFIX"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 429, 429],
+        "3 a minute in all, whichever process is asked"
+    );
+}
