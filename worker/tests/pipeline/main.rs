@@ -11,5 +11,6 @@ mod metrics;
 mod plans;
 mod retries;
 mod schema;
+mod settings;
 mod support;
 mod webhooks;
