@@ -219,8 +219,9 @@ impl JobQueue {
             .unwrap_or_default())
     }
 
-    /// Renews the leases of the deliveries `consumer` holds; returns those it no longer owns
-    /// (another runner took them over): they are that runner's now.
+    /// Renews the leases of the deliveries `consumer` holds; returns those another runner
+    /// owns now (taken over while this one stalled): they are that runner's. Entries settled
+    /// meanwhile (acknowledged after the list was made) are neither renewed nor lost.
     pub async fn heartbeat(
         &self,
         consumer: &str,

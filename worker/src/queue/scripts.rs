@@ -72,16 +72,20 @@ if next_due[2] then wait = math.max(0, tonumber(next_due[2]) - now_ms) end
 return {#due, wait}";
 
 /// Renews the leases of the entries ARGV[3..] that consumer ARGV[2] of group ARGV[1] still
-/// owns (their idle time restarts). Returns the entries it no longer owns: another runner
-/// took them over while this one stalled, and they stay that runner's.
+/// owns (their idle time restarts). Returns the entries another consumer owns now: another
+/// runner took them over while this one stalled, and they stay that runner's. An entry no
+/// longer pending at all is settled (typically by this runner, between the caller's list
+/// and this call): nothing to renew, nothing lost.
 pub const HEARTBEAT: &str = r"
 local lost = {}
 for i = 3, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    lost[#lost + 1] = ARGV[i]
+  if pending[1] then
+    if pending[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
   end
 end
 return lost";

@@ -558,6 +558,14 @@ async fn a_stalled_runner_neither_takes_its_lease_back_nor_records_an_outcome() 
         .await
         .unwrap();
     assert_eq!(completed, [job]);
+    // A heartbeat that B sends while settling (its list made before the acknowledgement)
+    // neither renews the settled entry nor calls it lost: nobody took it over.
+    queue.finish(&delivery).await.unwrap();
+    assert!(queue
+        .heartbeat("runner-b", std::slice::from_ref(&delivery.entry_id))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Take-back scans the pending list from where it stopped: an expired lease behind many live
