@@ -13,6 +13,7 @@ use crate::sql::{Sql, StoreError};
 use crate::statements::CachingManager;
 use crate::tls::{RootCertError, RootCerts, SslMode};
 use reviews_service::pool::LastError;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where Postgres is and how to reach it. `DATABASE_URL` wins; otherwise the `DB_*` parts
 /// are used.
@@ -59,9 +60,10 @@ pub struct DbArgs {
         long = "db-password",
         env = "DB_PASSWORD",
         value_name = "DB_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret
     )]
-    pub db_password: Option<String>,
+    pub db_password: Option<SecretString>,
     /// Postgres database name.
     #[arg(
         long = "db-name",
@@ -333,7 +335,7 @@ impl DbArgs {
             .application_name("reviews")
             .connect_timeout(Duration::from_secs(5));
         if let Some(password) = &self.db_password {
-            config.password(password);
+            config.password(password.expose_secret());
         }
         config
     }
@@ -443,5 +445,24 @@ impl Db {
             .execute("select 1", &[])
             .await
             .map(|_| ())
+    }
+}
+
+/// A password read from the command line or the environment, kept out of `Debug`.
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_prints() {
+        let mut args = DbArgs::local("reviews");
+        args.db_password = Some(SecretString::from("hunter2-db"));
+        assert!(!format!("{args:?}").contains("hunter2-db"));
+        args.database_url = Some(parse_database_url("postgres://u:hunter2-url@h/db").unwrap());
+        assert!(!format!("{args:?}").contains("hunter2-url"));
     }
 }

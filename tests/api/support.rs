@@ -230,7 +230,7 @@ impl TestApp {
         let mut db = reviews_db::DbArgs::local("unused");
         db.database_url = Some(self.database.config.clone().into());
         let mut redis = RedisArgs::local(&prefix);
-        redis.redis_url = Some(redis_url());
+        redis.redis_url = Some(redis_url().into());
         let args = WorkerArgs {
             db,
             redis,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsCertificates};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where Redis is. `REDIS_CLUSTER_NODES` wins, then `REDIS_URL`, then the `REDIS_*` parts.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,9 +17,10 @@ pub struct RedisArgs {
         long = "redis-url",
         env = "REDIS_URL",
         value_name = "REDIS_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret
     )]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretString>,
     /// Redis host, used when REDIS_URL is not set.
     #[arg(
         long = "redis-host",
@@ -40,9 +42,10 @@ pub struct RedisArgs {
         long = "redis-password",
         env = "REDIS_PASSWORD",
         value_name = "REDIS_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret
     )]
-    pub redis_password: Option<String>,
+    pub redis_password: Option<SecretString>,
     /// A Redis Cluster: some of its nodes, comma-separated (host:port or redis[s]:// URLs);
     /// the rest are found from them. Replaces REDIS_URL.
     #[arg(long = "redis-cluster-nodes", env = "REDIS_CLUSTER_NODES",
@@ -63,9 +66,49 @@ pub struct RedisArgs {
     pub redis_prefix: String,
 }
 
-/// A cluster's seed nodes, as URLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A cluster's seed nodes, as URLs (passwords left out of `Debug`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSeeds(pub Vec<String>);
+
+impl std::fmt::Debug for ClusterSeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|seed| without_password(seed)))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Server { url, ca } => f
+                .debug_struct("Server")
+                .field("url", &without_password(url))
+                .field("ca", ca)
+                .finish(),
+            RedisTarget::Cluster { seeds, ca } => f
+                .debug_struct("Cluster")
+                .field("seeds", &ClusterSeeds(seeds.clone()))
+                .field("ca", ca)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with the user-info part (where a password goes) replaced by `***`.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A value that may hold a password, kept out of `Debug`.
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(value))
+}
 
 fn parse_seeds(value: &str) -> Result<ClusterSeeds, String> {
     let mut seeds = Vec::new();
@@ -114,8 +157,9 @@ pub enum RedisConfigError {
     Url(String),
 }
 
-/// Where to connect, checked: one server or a cluster, and the CA to trust.
-#[derive(Debug, Clone)]
+/// Where to connect, checked: one server or a cluster, and the CA to trust. Its `Debug`
+/// leaves out the passwords URLs may hold.
+#[derive(Clone)]
 pub enum RedisTarget {
     Server {
         url: String,
@@ -188,10 +232,10 @@ impl RedisArgs {
     /// The URL of the one server these settings describe (ignoring a cluster).
     pub fn url(&self) -> String {
         if let Some(url) = &self.redis_url {
-            return url.clone();
+            return url.expose_secret().to_owned();
         }
         let auth = match &self.redis_password {
-            Some(password) => format!(":{}@", percent_encode(password)),
+            Some(password) => format!(":{}@", percent_encode(password.expose_secret())),
             None => String::new(),
         };
         format!("redis://{auth}{}:{}", self.redis_host, self.redis_port)
@@ -259,6 +303,26 @@ fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        let mut args = RedisArgs::local("p");
+        args.redis_password = Some("hunter2-part".into());
+        args.redis_url = Some("redis://:hunter2-url@127.0.0.1:6379".into());
+        args.redis_cluster_nodes = Some(parse_seeds("redis://u:hunter2-seed@a:1").unwrap());
+        let printed = format!("{args:?}");
+        for secret in ["hunter2-part", "hunter2-url", "hunter2-seed"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(printed.contains("redis://***@a:1"), "{printed}");
+        let server = format!("{:?}", RedisTarget::server("rediss://:pw-x@h:1"));
+        assert!(
+            !server.contains("pw-x") && server.contains("rediss://***@h:1"),
+            "{server}"
+        );
+        let cluster = args.target().unwrap();
+        assert!(!format!("{cluster:?}").contains("hunter2"), "{cluster:?}");
+    }
 
     #[test]
     fn seeds_take_host_port_or_urls_and_refuse_the_malformed_naming_them() {

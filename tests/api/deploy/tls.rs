@@ -123,7 +123,7 @@ async fn rediss_reaches_a_tls_only_redis_with_its_ca_and_refuses_a_wrong_one_say
     let prefix = format!("tls-{}", uuid::Uuid::new_v4().simple());
 
     let mut args = RedisArgs::local(&prefix);
-    args.redis_url = Some(format!("rediss://localhost:{}", redis.port));
+    args.redis_url = Some(format!("rediss://localhost:{}", redis.port).into());
     args.redis_ca_cert = Some(ca.cert());
     let queue = JobQueue::new(args.target().unwrap(), &prefix).unwrap();
     queue.ensure_group().await.unwrap();
@@ -145,7 +145,7 @@ async fn rediss_reaches_a_tls_only_redis_with_its_ca_and_refuses_a_wrong_one_say
     queue.finish_all(&read).await.unwrap();
 
     // 127.0.0.1 is in the certificate too.
-    args.redis_url = Some(format!("rediss://127.0.0.1:{}", redis.port));
+    args.redis_url = Some(format!("rediss://127.0.0.1:{}", redis.port).into());
     let queue = JobQueue::new(args.target().unwrap(), &prefix).unwrap();
     assert_eq!(queue.depth().await.unwrap().known, 0);
 
@@ -159,7 +159,7 @@ async fn rediss_reaches_a_tls_only_redis_with_its_ca_and_refuses_a_wrong_one_say
         "{refused}"
     );
     // Plaintext to a TLS-only port gets nowhere either.
-    args.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    args.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port).into());
     args.redis_ca_cert = None;
     let queue = JobQueue::new(args.target().unwrap(), &prefix).unwrap();
     assert!(queue.depth().await.is_err());

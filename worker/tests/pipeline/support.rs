@@ -150,7 +150,7 @@ impl TestPipeline {
         db.db_pool_size = 8;
         let mut redis = RedisArgs::local(&self.prefix);
         match &self.redis_target {
-            RedisTarget::Server { url, .. } => redis.redis_url = Some(url.clone()),
+            RedisTarget::Server { url, .. } => redis.redis_url = Some(url.clone().into()),
             RedisTarget::Cluster { seeds, .. } => {
                 redis.redis_cluster_nodes = Some(ClusterSeeds(seeds.clone()))
             }
