@@ -1,7 +1,7 @@
 //! The hostile-input suite: malformed, oversized, deceptive and abusive requests, plus the
 //! classic GraphQL audit checks. Each gets a clean error (a JSON body with a code, no 5xx),
-//! the process stays up, and the database is unchanged. The app runs in production mode, as
-//! an auditor would meet it.
+//! the process stays up, and the database is unchanged; the operations and forged tokens
+//! again over a websocket. The app runs in production mode, as an auditor would meet it.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reviews_api::auth::TokenKeys;
@@ -11,6 +11,7 @@ use reviews_db::testing::TestDatabase;
 use serde_json::{json, Value};
 
 use crate::support::*;
+use crate::websocket;
 
 /// One hostile request: how to send it.
 enum Attack {
@@ -129,6 +130,17 @@ async fn hostile_requests_get_clean_errors_and_change_nothing() {
         ("mutation deleting someone else's review", Attack::Op("mutation($id: ID!) { deleteReview(id: $id) }".into(), json!({"id": uuid::Uuid::new_v4().to_string()}))),
     ];
 
+    // The same operations and tokens over the websocket, afterwards.
+    let over_websocket: Vec<(&str, Attack)> = attacks
+        .iter()
+        .filter_map(|(name, attack)| match attack {
+            Attack::Op(query, variables) => {
+                Some((*name, Attack::Op(query.clone(), variables.clone())))
+            }
+            Attack::Token(token) => Some((*name, Attack::Token(token.clone()))),
+            _ => None,
+        })
+        .collect();
     for (name, attack) in attacks {
         let response = match attack {
             Attack::Raw(content_type, body) => app
@@ -187,4 +199,54 @@ async fn hostile_requests_get_clean_errors_and_change_nothing() {
         assert_eq!(health.status(), 200, "{name}: the process is down");
     }
     assert_eq!(snapshot(&app).await, before, "the database changed");
+
+    // Over the websocket (a real client): each operation gets an error with a code on a
+    // socket that stays open (the guards are the same extension); a forged token in
+    // connection_init closes the socket saying why.
+    let mut socket = websocket::connected(&app, &app.token("alice")).await;
+    for (i, (name, attack)) in over_websocket.into_iter().enumerate() {
+        match attack {
+            Attack::Op(query, variables) => {
+                let id = format!("h{i}");
+                let body = websocket::operation(&mut socket, &id, &query, variables).await;
+                let errors = body["errors"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name} over the websocket: no error: {body}"));
+                for error in errors {
+                    let code = error["extensions"]["code"].as_str().unwrap_or_else(|| {
+                        panic!("{name} over the websocket: error without a code: {body}")
+                    });
+                    assert_ne!(code, "INTERNAL", "{name} over the websocket: {body}");
+                    assert!(
+                        !error["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("Did you mean"),
+                        "{name} over the websocket: suggestions in production"
+                    );
+                }
+            }
+            Attack::Token(token) => {
+                let mut forged = websocket::open(&app).await.unwrap();
+                crate::subscriptions::send(
+                    &mut forged,
+                    json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+                )
+                .await;
+                let (code, reason) =
+                    websocket::close_frame(&mut forged, std::time::Duration::from_secs(5)).await;
+                // async-graphql closes a refused connection_init with 1002 and the reason.
+                assert!(
+                    code == 1002 && reason.contains("token"),
+                    "{name} over the websocket: closed with {code} {reason:?}"
+                );
+            }
+            _ => unreachable!("only operations and tokens go over the websocket"),
+        }
+    }
+    assert_eq!(
+        snapshot(&app).await,
+        before,
+        "the database changed over the websocket"
+    );
 }

@@ -30,7 +30,7 @@ async fn app_with(limits: Limits, edges: Edges) -> TestApp {
 }
 
 /// Opens a socket (graphql-transport-ws) without sending anything.
-async fn open(app: &TestApp) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+pub(crate) async fn open(app: &TestApp) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let mut request = format!("ws://{}/graphql", app.addr)
         .into_client_request()
         .unwrap();
@@ -44,7 +44,7 @@ async fn open(app: &TestApp) -> Result<Socket, tokio_tungstenite::tungstenite::E
 }
 
 /// Opens a socket and completes `connection_init` with `token`.
-async fn connected(app: &TestApp, token: &str) -> Socket {
+pub(crate) async fn connected(app: &TestApp, token: &str) -> Socket {
     let mut socket = open(app).await.unwrap();
     send(
         &mut socket,
@@ -92,8 +92,32 @@ async fn closed_with(socket: &mut Socket, limit: Duration) -> Option<u16> {
     }
 }
 
+/// The close frame the server sends (code and reason), waiting at most `limit`.
+pub(crate) async fn close_frame(socket: &mut Socket, limit: Duration) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("the socket was not closed in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
+            Some(Ok(Message::Close(None))) | Some(Err(_)) | None => {
+                panic!("the socket closed without a close frame")
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 /// Runs one operation on the socket and returns its first payload.
-async fn operation(socket: &mut Socket, id: &str, query: &str, variables: Value) -> Value {
+pub(crate) async fn operation(
+    socket: &mut Socket,
+    id: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
     send(
         socket,
         json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}}),
@@ -207,6 +231,31 @@ async fn a_message_over_256_kib_closes_the_socket() {
         closed_with(&mut socket, Duration::from_secs(5)).await,
         Some(1009)
     );
+}
+
+#[tokio::test]
+async fn sockets_per_process_are_capped_and_a_closed_one_frees_its_place() {
+    let edges = Edges {
+        ws_max_sockets: 2,
+        ws_max_sockets_per_client: 10,
+        ..Edges::default()
+    };
+    let app = app_with(Limits::default(), edges).await;
+    let first = connected(&app, &app.token("a")).await;
+    let _second = connected(&app, &app.token("b")).await;
+    let refused = open(&app).await.expect_err("a third socket in the process");
+    assert!(refused.to_string().contains("503"), "{refused}");
+    drop(first);
+    // The server notices the closed socket; then a new one is let in.
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(socket) = open(&app).await {
+            reopened = Some(socket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a closed socket gives its place back");
 }
 
 #[tokio::test]
