@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::Role;
 use reviews_service::redis::RedisArgs;
+use reviews_service::settings::{parse_duration, parse_secret};
 use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -236,10 +237,6 @@ fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{value:?} is not a CIDR (10.0.0.0/8) or an address"))
 }
 
-fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 10s)"))
-}
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
     /// Secret that signs and verifies bearer tokens (HS256); at least 32 bytes. Required.
@@ -296,10 +293,6 @@ impl AuthArgs {
             .with_audience(self.auth_jwt_audience.as_deref())
             .with_max_ttl(max_ttl))
     }
-}
-
-fn parse_secret(value: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(value))
 }
 
 /// Shortest secret we accept: HS256 wants at least as many bytes as its output.

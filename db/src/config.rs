@@ -13,6 +13,7 @@ use crate::sql::{Sql, StoreError};
 use crate::statements::CachingManager;
 use crate::tls::{RootCertError, RootCerts, SslMode};
 use reviews_service::pool::LastError;
+use reviews_service::settings::parse_secret;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where Postgres is and how to reach it. `DATABASE_URL` wins; otherwise the `DB_*` parts
@@ -446,11 +447,6 @@ impl Db {
             .await
             .map(|_| ())
     }
-}
-
-/// A password read from the command line or the environment, kept out of `Debug`.
-fn parse_secret(value: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(value))
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@
 //! - `shutdown`: the signal (SIGINT or SIGTERM) that starts a graceful stop.
 //! - `backoff`: capped exponential backoff for loops that can fail.
 //! - `pool`: the reason a pool checkout timed out.
+//! - `settings`: how a duration or a secret is read from the environment.
 //! - `redis`: reaching Redis (one server or a cluster, TLS) and its connections.
 
 pub mod backoff;
 pub mod metrics;
 pub mod pool;
 pub mod redis;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 

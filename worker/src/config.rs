@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use reviews_db::DbArgs;
 pub use reviews_service::redis::RedisArgs;
+use reviews_service::settings::parse_duration;
 use reviews_service::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -210,10 +211,6 @@ impl Default for WebhookSettings {
             concurrency_per_endpoint: 4,
         }
     }
-}
-
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 250ms, 5s, 1m)"))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::settings::parse_secret;
+
 /// Where Redis is. `REDIS_CLUSTER_NODES` wins, then `REDIS_URL`, then the `REDIS_*` parts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
@@ -103,11 +105,6 @@ fn without_password(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// A value that may hold a password, kept out of `Debug`.
-fn parse_secret(value: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(value))
 }
 
 fn parse_seeds(value: &str) -> Result<ClusterSeeds, String> {
