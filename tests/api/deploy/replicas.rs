@@ -50,13 +50,22 @@ pub fn allowances(target: RedisTarget, prefix: &str) -> Arc<SharedAllowances> {
 
 /// Sends `CREATE` as `user` to the APIs in turn, `n` times; returns the HTTP statuses.
 pub async fn alternate(app: &TestApp, urls: &[String], user: &str, n: usize) -> Vec<u16> {
-    let token = app.token(user);
+    creates_in_turn(&app.http, urls, &app.token(user), n).await
+}
+
+/// Sends `CREATE` with `token` to the GraphQL endpoints `urls` in turn, `n` times; returns
+/// the HTTP statuses.
+async fn creates_in_turn(
+    http: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    n: usize,
+) -> Vec<u16> {
     let mut statuses = Vec::new();
     for i in 0..n {
-        let response = app
-            .http
+        let response = http
             .post(&urls[i % urls.len()])
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .json(&json!({ "query": CREATE }))
             .send()
             .await
@@ -195,18 +204,11 @@ async fn two_api_binaries_configured_by_environment_share_a_users_allowance() {
             std::time::Duration::from_secs(600),
         )
         .unwrap();
-    let http = reqwest::Client::new();
-    let mut statuses = Vec::new();
-    for i in 0..5 {
-        let response = http
-            .post(format!("{}/graphql", apis[i % 2].url))
-            .bearer_auth(&token)
-            .json(&json!({ "query": CREATE }))
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-    }
+    let urls: Vec<String> = apis
+        .iter()
+        .map(|api| format!("{}/graphql", api.url))
+        .collect();
+    let statuses = creates_in_turn(&reqwest::Client::new(), &urls, &token, 5).await;
     // The allowance's keys go with the test.
     let mut conn = redis::Client::open(redis.as_str())
         .unwrap()
