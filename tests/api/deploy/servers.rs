@@ -299,13 +299,24 @@ impl TlsPostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         as_owner(&mut postgres);
-        let process = postgres.spawn().unwrap();
-        wait_for_port(port, "the TLS Postgres").await;
-        TlsPostgres {
+        // Held before waiting, so a server that never comes up is stopped all the same.
+        let server = TlsPostgres {
             port,
-            process,
+            process: postgres.spawn().unwrap(),
             _scratch: scratch,
+        };
+        // Ready when it accepts a session: it listens before its start-up has finished.
+        let target = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        for _ in 0..200 {
+            if tokio_postgres::connect(&target, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        panic!("the TLS Postgres did not accept a session on port {port}");
     }
 }
 
