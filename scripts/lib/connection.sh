@@ -10,13 +10,38 @@ DB_NAME="${DB_NAME:-reviews}"
 
 reviews_psql() {
     local -a target
+    local password="${DB_PASSWORD:-${PGPASSWORD:-}}"
     if [[ -n "${DATABASE_URL:-}" ]]; then
-        target=(--dbname="$DATABASE_URL")
+        # The URL's password goes to psql in PGPASSWORD, the rest as its argument: a
+        # command's arguments are readable by every user in /proc/*/cmdline.
+        local url_target url_password
+        split_url_password "$DATABASE_URL"
+        target=(--dbname="$url_target")
+        [[ -n "$url_password" ]] && password="$url_password"
     else
         target=(--host="$DB_HOST" --port="$DB_PORT" --username="$DB_USER" --dbname="$DB_NAME")
     fi
-    PGPASSWORD="${DB_PASSWORD:-${PGPASSWORD:-}}" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}" PGOPTIONS="-c client_min_messages=warning ${PGOPTIONS:-}" \
+    PGPASSWORD="$password" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}" PGOPTIONS="-c client_min_messages=warning ${PGOPTIONS:-}" \
         psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 "${target[@]}" "$@"
+}
+
+# Splits a postgres:// URL into the URL without its password (url_target) and the password,
+# percent-decoded (url_password, empty when the URL has none). Sets both in the caller's
+# scope. A user-info part is what stands before the first '@' when no '/' precedes it.
+split_url_password() {
+    local url="$1" rest userinfo password
+    url_target="$url"
+    url_password=""
+    [[ "$url" == *://* ]] || return 0
+    rest="${url#*://}"
+    [[ "$rest" == *@* ]] || return 0
+    userinfo="${rest%%@*}"
+    [[ "$userinfo" != */* && "$userinfo" == *:* ]] || return 0
+    password="${userinfo#*:}"
+    url_target="${url%%://*}://${userinfo%%:*}@${rest#*@}"
+    # Percent-decoding with printf: backslashes first kept literal, then %XX as \xXX.
+    password="${password//\\/\\\\}"
+    url_password="$(printf '%b' "${password//%/\\x}")"
 }
 
 # Runs one SQL text (the last argument) with psql's other arguments before it. The text goes

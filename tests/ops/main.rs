@@ -890,3 +890,60 @@ fn the_readme_commands_work_as_written() {
         assert!(said.contains(&format!("README: {part}")), "{said}");
     }
 }
+
+/// A password in DATABASE_URL reaches psql in its environment (percent-decoded), never in its
+/// arguments, which every user can read in /proc/*/cmdline.
+#[tokio::test]
+async fn a_password_in_database_url_never_reaches_psqls_arguments() {
+    let ops = Ops::new().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    // The test server trusts every local connection, so any password is accepted.
+    let url = ops.database.url().replacen('@', ":s3cr%2Fet%40pw@", 1);
+    assert!(url.contains(":s3cr%2Fet%40pw@"), "{url}");
+    let shim = tempfile_dir(&format!("pw-{suffix}"));
+    let seen = shim.join("seen.log");
+    std::fs::write(
+        shim.join("psql"),
+        format!(
+            "#!/bin/sh\necho \"argv: $*\" >> {seen}\necho \"PGPASSWORD=$PGPASSWORD\" >> {seen}\nexec {} \"$@\"\n",
+            which("psql"),
+            seen = seen.display(),
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(shim.join("psql"))
+        .status()
+        .unwrap();
+    let output = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/outbox-status"
+    ))
+    .env("DATABASE_URL", &url)
+    .env(
+        "PATH",
+        format!("{}:{}", shim.display(), std::env::var("PATH").unwrap()),
+    )
+    .output()
+    .unwrap();
+    let seen_text = std::fs::read_to_string(&seen).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&shim);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(seen_text.contains("argv: "), "psql ran: {seen_text}");
+    assert!(!seen_text.contains("s3cr%2F"), "{seen_text}");
+    for line in seen_text.lines().filter(|l| l.starts_with("argv: ")) {
+        assert!(
+            !line.contains("s3cr"),
+            "a password in psql's arguments: {line}"
+        );
+    }
+    assert!(
+        seen_text.contains("PGPASSWORD=s3cr/et@pw"),
+        "the password, decoded, in psql's environment: {seen_text}"
+    );
+}
