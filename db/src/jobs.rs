@@ -167,6 +167,14 @@ pub struct Attempt {
     pub attempt: i32,
 }
 
+/// `attempts` in id order, as the two arrays the fenced statements take (job ids, attempt
+/// numbers): jobs locked in id order never wait for each other in a cycle.
+pub(crate) fn in_lock_order(attempts: impl IntoIterator<Item = Attempt>) -> (Vec<i64>, Vec<i32>) {
+    let mut attempts: Vec<Attempt> = attempts.into_iter().collect();
+    attempts.sort_unstable();
+    attempts.iter().map(|a| (a.job_id, a.attempt)).unzip()
+}
+
 /// The statement of [`complete_jobs`] (public so that a test can check its plan).
 pub fn complete_jobs_sql() -> String {
     format!(
@@ -192,12 +200,8 @@ pub async fn complete_jobs<C: AsClient>(
     if attempts.is_empty() {
         return Ok(Vec::new());
     }
-    // Locked in id order (two completions never wait for each other in a cycle), and
-    // checked once locked: a job another worker buried or took over meanwhile stays so.
-    let mut attempts = attempts.to_vec();
-    attempts.sort_unstable();
-    let ids: Vec<i64> = attempts.iter().map(|a| a.job_id).collect();
-    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+    // Checked once locked: a job another worker buried or took over meanwhile stays so.
+    let (ids, numbers) = in_lock_order(attempts.iter().copied());
     let sql = complete_jobs_sql();
     let rows = db
         .query_typed(

@@ -86,10 +86,7 @@ pub async fn notify_product_owners<C: AsClient>(
     let review_ids: Vec<Uuid> = events.iter().map(|n| n.review_id).collect();
     let product_ids: Vec<Uuid> = events.iter().map(|n| n.product_id).collect();
     let author_ids: Vec<&str> = events.iter().map(|n| n.author_id).collect();
-    let mut jobs = jobs.to_vec();
-    jobs.sort_unstable();
-    let job_ids: Vec<i64> = jobs.iter().map(|a| a.job_id).collect();
-    let attempts: Vec<i32> = jobs.iter().map(|a| a.attempt).collect();
+    let (job_ids, attempts) = crate::jobs::in_lock_order(jobs.iter().copied());
     let row = db
         .query_typed_one(
             "with completed as materialized (

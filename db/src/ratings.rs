@@ -105,8 +105,7 @@ pub async fn apply_rating_jobs<C: AsClient>(
     // Locked in id order: two batches never wait for each other in a cycle.
     let mut jobs: Vec<&(crate::jobs::Attempt, serde_json::Value)> = jobs.iter().collect();
     jobs.sort_unstable_by_key(|(attempt, _)| *attempt);
-    let ids: Vec<i64> = jobs.iter().map(|(a, _)| a.job_id).collect();
-    let numbers: Vec<i32> = jobs.iter().map(|(a, _)| a.attempt).collect();
+    let (ids, numbers) = crate::jobs::in_lock_order(jobs.iter().map(|(attempt, _)| *attempt));
     let payloads: Vec<&serde_json::Value> = jobs.iter().map(|(_, p)| p).collect();
     db.query_typed(
         "select apply_rating_jobs($1, $2, $3, $4)",
