@@ -8,7 +8,7 @@ use tokio_postgres::types::Type;
 use crate::sql::{AsClient, Sql, StoreError};
 
 /// A job about to run: its attempt has been recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartedJob {
     pub id: i64,
     pub kind: String,
@@ -319,6 +319,35 @@ pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, attempt: Attempt) -> Result
             &[
                 (&attempt.job_id, Type::INT8),
                 (&attempt.attempt, Type::INT4),
+                (&db.commit_setting(), Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// [`hand_back_job`] for several attempts in one statement (in lock order); returns how
+/// many were given back.
+pub async fn hand_back_jobs<C: AsClient>(
+    db: &Sql<C>,
+    attempts: &[Attempt],
+) -> Result<i64, StoreError> {
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    let (ids, numbers) = in_lock_order(attempts.iter().copied());
+    let sql = format!(
+        "select count(*) filter (where given_back), {commit}
+         from (select hand_back_job(wanted.id, wanted.attempt) as given_back
+               from unnest($1::bigint[], $2::int4[]) as wanted (id, attempt)) as handed",
+        commit = commit_as(3)
+    );
+    let row = db
+        .query_typed_one(
+            &sql,
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&numbers, Type::INT4_ARRAY),
                 (&db.commit_setting(), Type::TEXT),
             ],
         )

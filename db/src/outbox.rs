@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
+use crate::jobs::StartedJob;
 use crate::sql::{AsClient, Sql, StoreError};
 
 /// What one relay pass did.
@@ -16,6 +17,10 @@ pub struct RelayedBatch {
     /// Jobs created for them that are due later: rating recomputes held back because their
     /// product was recomputed less than the interval ago. Each with how long until it is due.
     pub held_back: Vec<(i64, Duration)>,
+    /// Jobs created for them and started in the same statement (their first attempt
+    /// recorded), for a runner of this process with free slots: see [`relay_and_start`].
+    /// They are not in `job_ids`.
+    pub started: Vec<StartedJob>,
 }
 
 /// The relay's statement for these job kinds: each `(name, from_events)` pair names a kind
@@ -29,8 +34,11 @@ pub struct RelayedBatch {
 /// (and so one transaction). The outbox rows themselves are only read: see
 /// `migrations/0011_pending_events_table.sql`. A job whose kind and coalesce key match one
 /// that waits unstarted is not created twice. Jobs due later (`run_at` in the future) come
-/// back apart, with how long until they are due. The relayed event ids are announced on
-/// `review_events` (for the API's live subscriptions), in the same transaction.
+/// back apart, with how long until they are due. Up to `$4` of the jobs that may run now are
+/// created started (attempt 1, as `jobs::start_jobs` would record it), for a runner of this
+/// process that has that many free slots; a started job never takes another job's events in.
+/// The relayed event ids are announced on `review_events` (for the API's live
+/// subscriptions), in the same transaction.
 pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let made: Vec<String> = kinds
         .into_iter()
@@ -40,7 +48,7 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                 "job kind names are [a-z_]+: {name:?}"
             );
             format!(
-                "(select '{name}'::text, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
+                "(select '{name}'::text as kind, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
                 from_events.trim_end()
             )
         })
@@ -61,9 +69,18 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                     o.actor_id, o.request_id, o.occurred_at, r.webhooks, r.replayed
              from outbox o
              join relayed r on r.id = o.id
-         ), inserted as (
-             insert into jobs (kind, event_id, coalesce_key, payload, run_at)
+         ), new_jobs as (
              {made}
+         ), inserted as (
+             insert into jobs (kind, event_id, coalesce_key, payload, run_at, attempts,
+                               last_started_at)
+             select kind, event_id, coalesce_key, payload, run_at,
+                    start::int, case when start then now() end
+             from (select new_jobs.*,
+                          run_at <= now()
+                          and row_number() over (order by run_at > now(), event_id) <= $4
+                              as start
+                   from new_jobs) as chosen
              -- A job that waits unstarted with the same key takes the new events in (a rating
              -- job adds their deltas: merge_job_payloads; other kinds keep theirs).
              on conflict (kind, coalesce_key)
@@ -72,7 +89,8 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                  where merge_job_payloads(jobs.kind, jobs.payload, excluded.payload)
                        is distinct from jobs.payload
              -- xmax is 0 in a row this statement inserted: a job merged into is queued already.
-             returning id, run_at, xmax = 0 as created
+             -- A started row is outside the coalescing index, so it is always inserted.
+             returning id, kind, payload, run_at, attempts, created_at, xmax = 0 as created
          ), held_back as (
              select id, ceil(extract(epoch from run_at - now()) * 1000)::int8 as due_in_ms
              from inserted where created and run_at > now()
@@ -83,8 +101,16 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
          )
          select (select count(*) from relayed) as events,
                 (select count(*) from announced) as announcements,
-                coalesce((select array_agg(id) from inserted where created and run_at <= now()),
-                         '{{}}') as job_ids,
+                coalesce((select array_agg(id) from inserted
+                          where created and run_at <= now() and attempts = 0), '{{}}') as job_ids,
+                coalesce((select array_agg(id order by id) from inserted where attempts > 0),
+                         '{{}}') as started_ids,
+                coalesce((select array_agg(kind order by id) from inserted where attempts > 0),
+                         '{{}}') as started_kinds,
+                coalesce((select array_agg(payload order by id) from inserted where attempts > 0),
+                         '{{}}') as started_payloads,
+                coalesce((select array_agg(created_at order by id) from inserted
+                          where attempts > 0), '{{}}') as started_created_at,
                 coalesce((select array_agg(id order by id) from held_back), '{{}}') as held_ids,
                 coalesce((select array_agg(due_in_ms order by id) from held_back), '{{}}')
                     as held_due_in_ms,
@@ -103,6 +129,19 @@ pub async fn relay_pending_events<C: AsClient>(
     limit: i64,
     recompute_interval: Duration,
 ) -> Result<RelayedBatch, StoreError> {
+    relay_and_start(db, statement, limit, recompute_interval, 0).await
+}
+
+/// [`relay_pending_events`], creating up to `start` of the jobs that may run now started
+/// (in `RelayedBatch::started`): the caller holds that many free slots to run them in, and
+/// hands each back (`jobs::hand_back_jobs`) if it cannot take its lease in the queue.
+pub async fn relay_and_start<C: AsClient>(
+    db: &Sql<C>,
+    statement: &str,
+    limit: i64,
+    recompute_interval: Duration,
+    start: i64,
+) -> Result<RelayedBatch, StoreError> {
     let interval_ms = i64::try_from(recompute_interval.as_millis()).unwrap_or(i64::MAX);
     let row = db
         .query_typed_one(
@@ -111,12 +150,31 @@ pub async fn relay_pending_events<C: AsClient>(
                 (&limit, Type::INT8),
                 (&interval_ms, Type::INT8),
                 (&db.commit_setting(), Type::TEXT),
+                (&start, Type::INT8),
             ],
         )
         .await?;
     let held_ids: Vec<i64> = row.get("held_ids");
     let due_in_ms: Vec<i64> = row.get("held_due_in_ms");
+    let started_ids: Vec<i64> = row.get("started_ids");
+    let kinds: Vec<String> = row.get("started_kinds");
+    let payloads: Vec<serde_json::Value> = row.get("started_payloads");
+    let created_at: Vec<chrono::DateTime<chrono::Utc>> = row.get("started_created_at");
+    let started = started_ids
+        .into_iter()
+        .zip(kinds)
+        .zip(payloads)
+        .zip(created_at)
+        .map(|(((id, kind), payload), created_at)| StartedJob {
+            id,
+            kind,
+            payload,
+            attempt: 1,
+            created_at,
+        })
+        .collect();
     Ok(RelayedBatch {
+        started,
         events: row.get("events"),
         job_ids: row.get("job_ids"),
         held_back: held_ids

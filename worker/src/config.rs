@@ -134,6 +134,13 @@ pub struct Tuning {
     #[arg(long = "worker-async-commit", env = "WORKER_ASYNC_COMMIT", value_name = "WORKER_ASYNC_COMMIT",
           default_value_t = true, action = clap::ArgAction::Set)]
     pub async_commit: bool,
+    /// Let the relay start the jobs it makes for this worker's free slots and hand them to its
+    /// runner, with their Redis leases taken in the enqueue's round trip: a job starts without
+    /// a queue read or a start statement of its own. Jobs go through the queue as before when
+    /// no slot is free or other jobs wait in the queue.
+    #[arg(long = "relay-hand-off", env = "RELAY_HAND_OFF", value_name = "RELAY_HAND_OFF",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_hand_off: bool,
 }
 
 impl Default for Tuning {
@@ -148,6 +155,7 @@ impl Default for Tuning {
             reconcile_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             async_commit: true,
+            relay_hand_off: true,
         }
     }
 }

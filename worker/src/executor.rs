@@ -49,12 +49,25 @@ impl Held {
         self.0.lock().expect("held deliveries lock poisoned")
     }
 
-    fn insert(&self, deliveries: &[Delivery]) {
+    /// Holds deliveries not started yet (read, or taken back).
+    pub fn insert(&self, deliveries: &[Delivery]) {
         let mut held = self.lock();
         for delivery in deliveries {
             let entry = HeldDelivery {
                 delivery: delivery.clone(),
                 attempt: None,
+            };
+            held.insert(delivery.entry_id.clone(), entry);
+        }
+    }
+
+    /// Holds deliveries whose jobs started already (handed over by the relay).
+    fn insert_started(&self, started: &[StartedDelivery]) {
+        let mut held = self.lock();
+        for (delivery, job, _) in started {
+            let entry = HeldDelivery {
+                delivery: delivery.clone(),
+                attempt: Some(job.fencing()),
             };
             held.insert(delivery.entry_id.clone(), entry);
         }
@@ -150,16 +163,51 @@ impl Executor {
                 return;
             }
         };
+        let mut unstartable = Vec::new();
+        let mut startable = Vec::new();
+        for (delivery, permit) in deliveries.into_iter().zip(permits) {
+            match started.remove(&delivery.job_id) {
+                Some(job) => startable.push((delivery, job, permit)),
+                None => unstartable.push((delivery, permit)),
+            }
+        }
+        self.run_started(startable, unstartable).await;
+    }
+
+    /// Runs jobs the relay started and handed to this runner (their deliveries are leased to
+    /// it already), as a task of the tracker: the batch's work after its start statement.
+    pub fn spawn_started(
+        &self,
+        started: Vec<(Delivery, StartedJob)>,
+        permits: Vec<OwnedSemaphorePermit>,
+    ) {
+        debug_assert_eq!(started.len(), permits.len());
+        let started: Vec<StartedDelivery> = started
+            .into_iter()
+            .zip(permits)
+            .map(|((delivery, job), permit)| (delivery, job, permit))
+            .collect();
+        self.held.insert_started(&started);
+        self.stats
+            .handed_over
+            .fetch_add(started.len() as u64, Ordering::Relaxed);
+        let executor = self.clone();
+        self.tasks
+            .spawn(async move { executor.run_started(started, Vec::new()).await });
+    }
+
+    /// Runs started jobs, and settles those that could not start.
+    async fn run_started(
+        &self,
+        startable: Vec<StartedDelivery>,
+        unstartable: Vec<(Delivery, OwnedSemaphorePermit)>,
+    ) {
+        let fallback_max = RetryPolicy::FALLBACK.max_attempts;
         // Jobs of batched kinds run together, one handler call per kind; other jobs are
         // groups of one. Each settles on its own.
-        let mut unstartable = Vec::new();
         let mut groups: Vec<Vec<StartedDelivery>> = Vec::new();
         let mut group_of_kind: HashMap<String, usize> = HashMap::new();
-        for (delivery, permit) in deliveries.into_iter().zip(permits) {
-            let Some(job) = started.remove(&delivery.job_id) else {
-                unstartable.push((delivery, permit));
-                continue;
-            };
+        for (delivery, job, permit) in startable {
             self.held.started(&delivery, job.fencing());
             let batched = self.registry.runs_in_batches(&job.kind);
             match group_of_kind.get(&job.kind) {

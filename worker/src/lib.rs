@@ -139,6 +139,7 @@ pub async fn start(
         },
         statement,
         delayed_bell: runner.delayed_bell(),
+        hand_off: tuning.relay_hand_off.then(|| runner.hand_off()),
     };
     let stats = runner.stats.clone();
     let reconciling = reconciler.run(

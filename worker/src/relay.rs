@@ -6,6 +6,14 @@
 //! recompute interval go to the delayed set). If the enqueue fails, the jobs are still
 //! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
+//! The hand-off (`RELAY_HAND_OFF`): when this worker's runner has free slots and the queue
+//! holds no unread entry, the relay takes those slots first and its statement creates that
+//! many jobs started (their first attempt recorded, as a start statement would). The enqueue
+//! adds them and reads them for this runner in the same round trip, so their leases are in
+//! Redis as for any read, and the runner's executor runs them: no queue read, no start
+//! statement between the claim and the handler. If the queue has unread entries by then,
+//! the enqueue refuses them; their attempts are given back and they are enqueued as usual.
+//!
 //! When it runs out of work it tries to go to sleep (`doorbell`), never waiting for a
 //! writer. Asleep, it looks once more (writers that found it awake have committed by then)
 //! and waits for the bell, or the slow poll, the safety net for a missed bell. When a writer
@@ -18,7 +26,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::outbox::{relay_pending_events, relay_statement};
+use reviews_db::jobs::{hand_back_jobs, StartedJob};
+use reviews_db::outbox::{relay_and_start, relay_statement};
 use reviews_db::Db;
 use reviews_service::Backoff;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +37,7 @@ use crate::jobs::JobRegistry;
 use crate::listener::Bells;
 use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
+use crate::runner::{HandOff, Reserved};
 
 /// How soon a relay that cannot sleep (a writer is in flight) looks again after a look that
 /// found events…
@@ -64,6 +74,8 @@ pub struct Relay {
     pub statement: String,
     /// Rung when jobs go to the queue's delayed set (see `promoter`).
     pub delayed_bell: DelayedBell,
+    /// This worker's runner, to hand started jobs to (none: every job goes through the queue).
+    pub hand_off: Option<HandOff>,
 }
 
 /// The relay's statement for the kinds `registry` makes jobs of.
@@ -79,10 +91,16 @@ pub fn statement_for(registry: &JobRegistry) -> String {
 impl Relay {
     /// Relays one batch of pending events.
     pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
+        let limit = self.settings.batch_size;
+        let reserved = self
+            .hand_off
+            .as_ref()
+            .and_then(|h| h.reserve(limit as usize));
+        let start = reserved.as_ref().map_or(0, |r| r.slots() as i64);
         let batch = {
             let conn = self.db.conn().await?;
-            let (limit, interval) = (self.settings.batch_size, self.settings.recompute_interval);
-            relay_pending_events(&conn, &self.statement, limit, interval).await?
+            let interval = self.settings.recompute_interval;
+            relay_and_start(&conn, &self.statement, limit, interval, start).await?
         };
         if batch.events == 0 {
             return Ok(RelayOutcome::Idle);
@@ -90,27 +108,108 @@ impl Relay {
         tracing::debug!(
             batch.size = batch.events,
             jobs = batch.job_ids.len(),
+            started = batch.started.len(),
             held_back = batch.held_back.len(),
             "relayed events"
         );
-        let jobs = batch.job_ids.len() + batch.held_back.len();
+        let jobs = batch.job_ids.len() + batch.held_back.len() + batch.started.len();
         metrics::counter!("relay_batches_total").increment(1);
         metrics::counter!("relay_events_total").increment(batch.events as u64);
         metrics::counter!("relay_jobs_total").increment(jobs as u64);
-        match self
+        let started_ids: Vec<i64> = batch.started.iter().map(|job| job.id).collect();
+        let consumer = self.hand_off.as_ref().map_or("", |h| h.consumer());
+        let enqueued = self
             .queue
-            .enqueue_all(&batch.job_ids, &batch.held_back)
-            .await
-        {
-            Ok(_) if !batch.held_back.is_empty() => self.delayed_bell.ring(),
-            Ok(_) => {}
+            .hand_off_and_enqueue(consumer, &started_ids, &batch.job_ids, &batch.held_back)
+            .await;
+        if !batch.held_back.is_empty() && enqueued.is_ok() {
+            self.delayed_bell.ring();
+        }
+        match enqueued {
+            Ok((_, Some(deliveries))) => {
+                self.run_handed_over(reserved, batch.started, deliveries)
+                    .await
+            }
+            Ok((_, None)) => {
+                if let Some(hand_off) = &self.hand_off {
+                    hand_off.queue_behind();
+                }
+                self.enqueue_instead(batch.started).await;
+            }
             // The jobs are safe in Postgres; reconciliation will enqueue them.
-            Err(error) => tracing::warn!(error = %error, jobs,
-                "could not enqueue relayed jobs; reconciliation will"),
+            Err(error) => {
+                tracing::warn!(error = %error, jobs,
+                    "could not enqueue relayed jobs; reconciliation will");
+                // Started ones too, with their attempts given back (if the enqueue did take
+                // their leases after all, they are taken back when the leases expire).
+                self.give_back(&batch.started).await;
+            }
         }
         Ok(RelayOutcome::Relayed {
             events: batch.events,
         })
+    }
+
+    /// Hands the started jobs, now leased to this worker's runner, to it.
+    async fn run_handed_over(
+        &self,
+        reserved: Option<Reserved>,
+        mut started: Vec<StartedJob>,
+        deliveries: Vec<crate::queue::Delivery>,
+    ) {
+        let (Some(hand_off), Some(reserved)) = (&self.hand_off, reserved) else {
+            return; // nothing was started
+        };
+        let mut handed = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Some(at) = started.iter().position(|job| job.id == delivery.job_id) {
+                handed.push((delivery, started.swap_remove(at)));
+            }
+        }
+        hand_off.run(reserved, handed);
+        if !started.is_empty() {
+            // The queue delivers every job it was given; should one be missing, it goes
+            // through the queue like any other.
+            tracing::warn!(
+                jobs = started.len(),
+                "started jobs were not handed over; enqueueing them"
+            );
+            self.enqueue_instead(started).await;
+        }
+    }
+
+    /// Gives back the attempts of started jobs that could not be handed over, then enqueues
+    /// them like any other job.
+    async fn enqueue_instead(&self, started: Vec<StartedJob>) {
+        if started.is_empty() {
+            return;
+        }
+        self.give_back(&started).await;
+        let ids: Vec<i64> = started.iter().map(|job| job.id).collect();
+        if let Err(error) = self.queue.enqueue(&ids).await {
+            tracing::warn!(error = %error, jobs = ids.len(),
+                "could not enqueue relayed jobs; reconciliation will");
+        }
+    }
+
+    /// Gives back the attempts of started jobs no runner holds: they were never run.
+    async fn give_back(&self, started: &[StartedJob]) {
+        if started.is_empty() {
+            return;
+        }
+        let attempts: Vec<_> = started.iter().map(StartedJob::fencing).collect();
+        let given_back = async {
+            let conn = self.db.conn().await?;
+            anyhow::Ok(hand_back_jobs(&conn, &attempts).await?)
+        };
+        if let Err(error) = given_back.await {
+            // They run later anyway, as their next attempt.
+            tracing::warn!(
+                error = format!("{error:#}"),
+                jobs = attempts.len(),
+                "could not give back the attempts of jobs not handed over"
+            );
+        }
     }
 
     /// Relays until there is nothing left; returns how many events.

@@ -1,19 +1,22 @@
 //! The runner: reads job ids from the queue and runs the jobs, at most `WORKER_CONCURRENCY`
 //! at once, each read batch through the executor.
 //!
-//! A slot is a permit of one semaphore; the reader takes the free slots before it reads, so
-//! it never reads more than it can run. Beside the reader run the rescuer (heartbeat and
-//! take-back of expired leases) and the promoter of delayed jobs.
+//! A slot is a permit of one semaphore; the reader reads at most as many entries as slots
+//! are free. It lets go of them while its read blocks, so that the relay can take them for
+//! the jobs it starts and hands over ([`HandOff`]); the reader then waits for slots for what
+//! it read (held meanwhile, so their leases are renewed). Beside the reader run the rescuer
+//! (heartbeat and take-back of expired leases) and the promoter of delayed jobs.
 //!
 //! On shutdown it stops reading and taking back, lets running jobs finish within the grace
 //! period, then stops the handlers still running and waits until they have stopped, and only
 //! then hands their jobs back (their attempt is given back too). Every batch, read or taken
 //! back, runs in the one task tracker, so none is missed and none runs on after its hand-back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reviews_db::jobs;
+use reviews_db::jobs::{self, StartedJob};
 use reviews_db::Db;
 use reviews_service::Backoff;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,7 +27,7 @@ use crate::completer::Completer;
 use crate::executor::{Executor, Held};
 use crate::jobs::JobRegistry;
 use crate::promoter::{DelayedBell, Promoter};
-use crate::queue::{is_missing_group, JobQueue};
+use crate::queue::{is_missing_group, Delivery, JobQueue};
 use crate::rescuer::Rescuer;
 use crate::retry::RetryPolicies;
 use crate::stats::RunnerStats;
@@ -52,6 +55,10 @@ pub struct Runner {
     consumer: String,
     settings: RunnerSettings,
     delayed_bell: DelayedBell,
+    slots: Arc<Semaphore>,
+    /// The reader's last read got fewer entries than it asked for: the group had delivered
+    /// every entry, so the relay may hand jobs over (see [`HandOff`]).
+    caught_up: Arc<AtomicBool>,
     pub stats: Arc<RunnerStats>,
 }
 
@@ -86,9 +93,22 @@ impl Runner {
             },
             queue,
             consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
+            // A read refused while the queue is behind sets it false until the reader catches up.
+            caught_up: Arc::new(AtomicBool::new(true)),
             settings,
             delayed_bell,
             stats,
+        }
+    }
+
+    /// The relay's way to this runner's free slots.
+    pub fn hand_off(&self) -> HandOff {
+        HandOff {
+            slots: self.slots.clone(),
+            executor: self.executor.clone(),
+            consumer: self.consumer.clone(),
+            caught_up: self.caught_up.clone(),
         }
     }
 
@@ -100,7 +120,7 @@ impl Runner {
 
     /// Runs until `shutdown`, then drains: see the module docs.
     pub async fn run(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let slots = self.slots.clone();
         let rescuer = Arc::new(Rescuer {
             queue: self.queue.clone(),
             executor: self.executor.clone(),
@@ -175,17 +195,32 @@ impl Runner {
                 }
             }
             let conn = connection.as_mut().expect("connected above");
+            let count = permits.len();
+            // Free while the read blocks: the relay may start jobs in them meanwhile.
+            drop(permits);
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                read = self.queue.read(conn, &self.consumer, permits.len(), read_block) => read,
+                read = self.queue.read(conn, &self.consumer, count, read_block) => read,
             };
             match read {
                 Ok(deliveries) => {
                     backoff.reset();
-                    permits.truncate(deliveries.len());
-                    if !deliveries.is_empty() {
-                        self.executor.spawn_batch(deliveries, permits);
+                    self.caught_up
+                        .store(deliveries.len() < count, Ordering::Relaxed);
+                    if deliveries.is_empty() {
+                        continue;
                     }
+                    // Held (their leases renewed) while they wait for slots; a shutdown
+                    // meanwhile hands them back.
+                    self.executor.held.insert(&deliveries);
+                    let wanted = deliveries.len() as u32;
+                    let permits = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        permits = slots.clone().acquire_many_owned(wanted) => {
+                            one_by_one(permits.expect("semaphore closed"))
+                        }
+                    };
+                    self.executor.spawn_batch(deliveries, permits);
                 }
                 Err(error) if is_missing_group(&error) => {
                     tracing::warn!(
@@ -260,6 +295,79 @@ impl Runner {
             }
         }
     }
+}
+
+/// The relay's way to a runner's free slots: it takes some before its statement, starts that
+/// many of the jobs it makes, takes their leases in its enqueue's round trip, and hands them
+/// to the runner's executor. Nothing waits here.
+#[derive(Clone)]
+pub struct HandOff {
+    slots: Arc<Semaphore>,
+    executor: Executor,
+    consumer: String,
+    caught_up: Arc<AtomicBool>,
+}
+
+/// Slots the relay took, and a place in the runner's task tracker: a shutdown waits for
+/// the jobs they are for.
+pub struct Reserved {
+    permits: OwnedSemaphorePermit,
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Reserved {
+    pub fn slots(&self) -> usize {
+        self.permits.num_permits()
+    }
+}
+
+impl HandOff {
+    /// Up to `most` free slots; none when no slot is free, when the queue has entries no
+    /// runner read yet (they go first), or when the runner is shutting down.
+    pub fn reserve(&self, most: usize) -> Option<Reserved> {
+        if !self.caught_up.load(Ordering::Relaxed) || self.executor.tasks.is_closed() {
+            return None;
+        }
+        let free = self.slots.available_permits().min(most);
+        let permits = self
+            .slots
+            .clone()
+            .try_acquire_many_owned(u32::try_from(free).ok().filter(|n| *n > 0)?)
+            .ok()?;
+        Some(Reserved {
+            permits,
+            _task: self.executor.tasks.token(),
+        })
+    }
+
+    /// The consumer that takes the leases of the jobs handed over.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The queue refused a hand-off: entries wait unread. None until the reader catches up.
+    pub fn queue_behind(&self) {
+        self.caught_up.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs `started` (at most as many as `reserved` has slots; the rest are freed).
+    pub fn run(&self, reserved: Reserved, started: Vec<(Delivery, StartedJob)>) {
+        let mut permits = one_by_one(reserved.permits);
+        permits.truncate(started.len());
+        if !started.is_empty() {
+            self.executor.spawn_started(started, permits);
+        }
+    }
+}
+
+/// One permit per slot.
+fn one_by_one(mut permits: OwnedSemaphorePermit) -> Vec<OwnedSemaphorePermit> {
+    let mut each = Vec::with_capacity(permits.num_permits());
+    while permits.num_permits() > 1 {
+        each.push(permits.split(1).expect("more than one permit"));
+    }
+    each.push(permits);
+    each
 }
 
 /// Logs why the reader waits, then waits (or until shutdown).

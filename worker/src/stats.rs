@@ -10,6 +10,8 @@ pub struct RunnerStats {
     pub dead: AtomicU64,
     pub taken_back: AtomicU64,
     pub skipped: AtomicU64,
+    /// Jobs the relay started and handed to this runner (no read, no start statement).
+    pub handed_over: AtomicU64,
     /// Statements that recorded attempts (one per batch of deliveries).
     pub start_batches: AtomicU64,
     /// Statements that recorded successes (one per batch: see `completer`).

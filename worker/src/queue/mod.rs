@@ -141,12 +141,14 @@ impl JobQueue {
     }
 
     /// Adds jobs to the ready stream in one round trip; ids already queued are skipped.
+    /// Returns how many were added.
     pub async fn enqueue(&self, job_ids: &[i64]) -> Result<usize, QueueError> {
         self.enqueue_all(job_ids, &[]).await
     }
 
     /// Adds jobs to the ready stream and jobs due later (with how long until they are due)
-    /// to the delayed set, in one round trip; ids already queued are skipped.
+    /// to the delayed set, in one round trip; ids already queued are skipped. Returns how
+    /// many were added.
     pub async fn enqueue_all(
         &self,
         ready: &[i64],
@@ -155,8 +157,31 @@ impl JobQueue {
         if ready.is_empty() && later.is_empty() {
             return Ok(0);
         }
+        let (added, _) = self.hand_off_and_enqueue("", &[], ready, later).await?;
+        Ok(added)
+    }
+
+    /// [`enqueue_all`](Self::enqueue_all), first adding the jobs `handed` (started already)
+    /// and delivering them to `consumer` in the same round trip: their leases are that
+    /// consumer's, as if it had read them. Returns how many of `ready` and `later` were
+    /// added, and the deliveries of `handed`, in its order; `None` when the group has
+    /// entries it has not delivered yet, so that a read would not return these: then they
+    /// were not added (see `scripts::ENQUEUE`).
+    pub async fn hand_off_and_enqueue(
+        &self,
+        consumer: &str,
+        handed: &[i64],
+        ready: &[i64],
+        later: &[(i64, Duration)],
+    ) -> Result<(usize, Option<Vec<Delivery>>), QueueError> {
         let mut invocation = self.enqueue.key(&self.keys.stream);
-        invocation.key(&self.keys.known).key(&self.keys.delayed);
+        invocation
+            .key(&self.keys.known)
+            .key(&self.keys.delayed)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(handed.len())
+            .arg(handed);
         for id in ready {
             invocation.arg(id).arg(0);
         }
@@ -165,7 +190,19 @@ impl JobQueue {
             invocation.arg(id).arg(due_in.as_millis().max(1) as u64);
         }
         let mut conn = self.conn().await?;
-        Ok(on!(conn, |c| invocation.invoke_async(c)))
+        let (added, delivered): (usize, Vec<(String, i64)>) =
+            on!(conn, |c| invocation.invoke_async(c));
+        let handed = match (handed.is_empty(), delivered.is_empty()) {
+            (true, _) => Some(Vec::new()),
+            (false, true) => None,
+            (false, false) => Some(
+                delivered
+                    .into_iter()
+                    .map(|(entry_id, job_id)| Delivery { entry_id, job_id })
+                    .collect(),
+            ),
+        };
+        Ok((added, handed))
     }
 
     /// Of `job_ids`, those the queue does not hold.

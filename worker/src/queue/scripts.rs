@@ -1,12 +1,51 @@
 //! The queue's Lua scripts: each runs atomically in Redis and declares every key it touches
 //! (all under the one hash tag, so a cluster runs each on one node).
 
-/// Adds job ids that the queue does not hold yet; returns how many were added. ARGV: job id
-/// and delay pairs; a job with a delay (in ms of Redis's clock) goes to the delayed set.
+/// Adds job ids that the queue does not hold yet, first handing some to a consumer of this
+/// worker whose jobs are started already (the relay's hand-off). ARGV: the group, the
+/// consumer, how many jobs to hand over and their ids, then job id and delay pairs; a job
+/// with a delay (in ms of Redis's clock) goes to the delayed set.
+///
+/// The jobs to hand over are added and read for the consumer (their lease) only when the
+/// group has delivered every entry of the stream: a read takes the oldest entries not yet
+/// delivered, so only then are those the new ones. Otherwise they are not added at all, and
+/// the caller gives their attempts back before it enqueues them. Returns how many of the
+/// other jobs were added, and the entry and job ids handed over (none when refused).
 pub const ENQUEUE: &str = r"
+local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function later(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
+end
+local handed = {}
+if n > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  local caught_up = false
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == group then
+      local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+      caught_up = newest == nil or not later(newest[1], fields['last-delivered-id'])
+    end
+  end
+  if caught_up then
+    for i = 4, 3 + n do
+      redis.call('SADD', KEYS[2], ARGV[i])
+      redis.call('XADD', KEYS[1], '*', 'job', ARGV[i])
+    end
+    local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
+                            'STREAMS', KEYS[1], '>')
+    for _, entry in ipairs(read[1][2]) do
+      handed[#handed + 1] = entry[1]
+      handed[#handed + 1] = entry[2][2]
+    end
+  end
+end
 local now_ms
 local added = 0
-for i = 1, #ARGV, 2 do
+for i = 4 + n, #ARGV, 2 do
   local id, delay = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('SADD', KEYS[2], id) == 1 then
     if delay > 0 then
@@ -21,7 +60,7 @@ for i = 1, #ARGV, 2 do
     added = added + 1
   end
 end
-return added";
+return {added, handed}";
 
 /// Acknowledges deliveries and forgets their jobs (they finished or died). ARGV: the group,
 /// then entry id and job id pairs.

@@ -6,6 +6,7 @@ mod doorbell;
 mod effects;
 mod faults;
 mod flow;
+mod hand_off;
 mod kinds;
 mod metrics;
 mod plans;

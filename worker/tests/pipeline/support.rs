@@ -168,6 +168,7 @@ impl TestPipeline {
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
                 async_commit: true,
+                relay_hand_off: true,
             },
             // What start() checks against the job timeout; the tests' webhook deliveries use
             // the settings their registry was given.
