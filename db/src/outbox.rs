@@ -36,7 +36,8 @@ pub struct RelayedBatch {
 /// that waits unstarted is not created twice. Jobs due later (`run_at` in the future) come
 /// back apart, with how long until they are due. Up to `$4` of the jobs that may run now are
 /// created started (attempt 1, as `jobs::start_jobs` would record it), for a runner of this
-/// process that has that many free slots; a started job never takes another job's events in.
+/// process that has that many free slots, unless a job with their key waits unstarted (it
+/// takes their events in, as above); a started job never takes another job's events in.
 /// The relayed event ids are announced on `review_events` (for the API's live
 /// subscriptions), in the same transaction.
 pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
@@ -75,12 +76,20 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
              insert into jobs (kind, event_id, coalesce_key, payload, run_at, attempts,
                                last_started_at)
              select kind, event_id, coalesce_key, payload, run_at,
-                    start::int, case when start then now() end
-             from (select new_jobs.*,
-                          run_at <= now()
-                          and row_number() over (order by run_at > now(), event_id) <= $4
+                    start::int, case when start then clock_timestamp() end
+             from (select candidates.*,
+                          startable
+                          and row_number() over (order by not startable, event_id) <= $4
                               as start
-                   from new_jobs) as chosen
+                   -- Due now, and no twin waits to take its events in (coalescing first).
+                   from (select new_jobs.*,
+                                run_at <= now()
+                                and not exists (select from jobs twin
+                                                where twin.kind = new_jobs.kind
+                                                  and twin.coalesce_key = new_jobs.coalesce_key
+                                                  and twin.status = 'pending'
+                                                  and twin.attempts = 0) as startable
+                         from new_jobs) as candidates) as chosen
              -- A job that waits unstarted with the same key takes the new events in (a rating
              -- job adds their deltas: merge_job_payloads; other kinds keep theirs).
              on conflict (kind, coalesce_key)

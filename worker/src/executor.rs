@@ -1,5 +1,6 @@
 //! The executor: runs a batch of deliveries that the runner read (or the rescuer took
-//! back), each batch a task of the runner's one task tracker.
+//! back), each batch a task of the runner's one task tracker; and jobs the relay started
+//! and handed over (`spawn_started`, see `relay`), which skip the start statement.
 //!
 //! It records the attempts of the whole batch in one statement *before* running anything (so
 //! a job that crashes its worker still reaches its dead letter), groups the started jobs by
@@ -79,7 +80,7 @@ impl Held {
         }
     }
 
-    fn release(&self, deliveries: &[Delivery]) {
+    pub fn release(&self, deliveries: &[Delivery]) {
         let mut held = self.lock();
         for delivery in deliveries {
             held.remove(&delivery.entry_id);

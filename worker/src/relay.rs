@@ -6,8 +6,9 @@
 //! recompute interval go to the delayed set). If the enqueue fails, the jobs are still
 //! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
-//! The hand-off (`RELAY_HAND_OFF`): when this worker's runner has free slots and the queue
-//! holds no unread entry, the relay takes those slots first and its statement creates that
+//! The hand-off (`RELAY_HAND_OFF`, off by default: see docs/PERFORMANCE.md): when this
+//! worker's runner has free slots, the queue holds no unread entry and the last batch was not
+//! full (no backlog of events), the relay takes those slots first and its statement creates that
 //! many jobs started (their first attempt recorded, as a start statement would). The enqueue
 //! adds them and reads them for this runner in the same round trip, so their leases are in
 //! Redis as for any read, and the runner's executor runs them: no queue read, no start
@@ -92,7 +93,7 @@ impl Relay {
     /// Relays one batch of pending events.
     pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
         let limit = self.settings.batch_size;
-        let reserved = self
+        let mut reserved = self
             .hand_off
             .as_ref()
             .and_then(|h| h.reserve(limit as usize));
@@ -102,6 +103,16 @@ impl Relay {
             let interval = self.settings.recompute_interval;
             relay_and_start(&conn, &self.statement, limit, interval, start).await?
         };
+        if let Some(hand_off) = &self.hand_off {
+            hand_off.outbox_behind(batch.events >= limit);
+        }
+        // The slots no started job needs go back to the runner's reader at once.
+        if !reserved
+            .as_mut()
+            .is_some_and(|r| r.keep(batch.started.len()))
+        {
+            reserved = None;
+        }
         if batch.events == 0 {
             return Ok(RelayOutcome::Idle);
         }
@@ -125,19 +136,26 @@ impl Relay {
         if !batch.held_back.is_empty() && enqueued.is_ok() {
             self.delayed_bell.ring();
         }
+        let refused = matches!(enqueued, Ok((_, None)));
+        if let Some(hand_off) = &self.hand_off {
+            // Jobs enqueued as usual wait unread: they go before any hand-off.
+            if refused || (enqueued.is_ok() && !batch.job_ids.is_empty()) {
+                hand_off.queue_behind();
+            }
+        }
         match enqueued {
             Ok((_, Some(deliveries))) => {
                 self.run_handed_over(reserved, batch.started, deliveries)
                     .await
             }
             Ok((_, None)) => {
-                if let Some(hand_off) = &self.hand_off {
-                    hand_off.queue_behind();
-                }
+                drop(reserved);
+                metrics::counter!("relay_hand_offs_refused_total").increment(1);
                 self.enqueue_instead(batch.started).await;
             }
             // The jobs are safe in Postgres; reconciliation will enqueue them.
             Err(error) => {
+                drop(reserved);
                 tracing::warn!(error = %error, jobs,
                     "could not enqueue relayed jobs; reconciliation will");
                 // Started ones too, with their attempts given back (if the enqueue did take
@@ -203,7 +221,8 @@ impl Relay {
             anyhow::Ok(hand_back_jobs(&conn, &attempts).await?)
         };
         if let Err(error) = given_back.await {
-            // They run later anyway, as their next attempt.
+            // They run later as their next attempt; a job with one attempt only goes to its
+            // dead letter (replayable), as after a crash between its start and its handler.
             tracing::warn!(
                 error = format!("{error:#}"),
                 jobs = attempts.len(),

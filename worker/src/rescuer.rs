@@ -9,9 +9,8 @@
 //!   the rescuer claim deliveries idle longer than the lease (their runner died or stalled)
 //!   with those slots, and runs them through the executor; it does so every half lease and
 //!   again at once while each scan fills every slot. The scan goes on from where the last
-//!   one stopped, so expired leases behind live ones are reached. The slots are the
-//!   reader's: a rescuer of its own waited for a slot the blocked reader held, and took
-//!   back one job per half lease.
+//!   one stopped, so expired leases behind live ones are reached. It takes back with the
+//!   slots the reader gathered, so never more than this runner can run at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

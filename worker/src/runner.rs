@@ -35,6 +35,9 @@ use crate::stats::RunnerStats;
 /// How long one blocking read waits before it is issued again.
 const READ_BLOCK: Duration = Duration::from_secs(5);
 
+/// How long what a read returned may wait for slots the relay took meanwhile.
+const SLOT_WAIT: Duration = Duration::from_millis(10);
+
 /// How long the reader waits for half its slots to free up before reading with fewer.
 const GATHER_WAIT: Duration = Duration::from_millis(2);
 
@@ -109,6 +112,7 @@ impl Runner {
             executor: self.executor.clone(),
             consumer: self.consumer.clone(),
             caught_up: self.caught_up.clone(),
+            outbox_behind: Arc::default(),
         }
     }
 
@@ -210,17 +214,7 @@ impl Runner {
                     if deliveries.is_empty() {
                         continue;
                     }
-                    // Held (their leases renewed) while they wait for slots; a shutdown
-                    // meanwhile hands them back.
-                    self.executor.held.insert(&deliveries);
-                    let wanted = deliveries.len() as u32;
-                    let permits = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        permits = slots.clone().acquire_many_owned(wanted) => {
-                            one_by_one(permits.expect("semaphore closed"))
-                        }
-                    };
-                    self.executor.spawn_batch(deliveries, permits);
+                    self.run_read(deliveries, slots).await;
                 }
                 Err(error) if is_missing_group(&error) => {
                     tracing::warn!(
@@ -236,6 +230,33 @@ impl Runner {
                     connection = None;
                     pause(&mut backoff, "reading the queue failed", &error, shutdown).await;
                 }
+            }
+        }
+    }
+
+    /// Runs what a read returned. Its slots were free when the read began, but the relay may
+    /// have taken some for its hand-off meanwhile: what gets no slot within [`SLOT_WAIT`]
+    /// goes back to the queue at once, for this or another runner, rather than wait here
+    /// for jobs to end (held meanwhile, so that its lease is renewed).
+    async fn run_read(&self, mut deliveries: Vec<Delivery>, slots: &Arc<Semaphore>) {
+        self.executor.held.insert(&deliveries);
+        let mut permits = Vec::with_capacity(deliveries.len());
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+        while permits.len() < deliveries.len() {
+            match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+                Ok(permit) => permits.push(permit.expect("semaphore closed")),
+                Err(_) => break,
+            }
+        }
+        let without_slot = deliveries.split_off(permits.len());
+        if !deliveries.is_empty() {
+            self.executor.spawn_batch(deliveries, permits);
+        }
+        for delivery in without_slot {
+            self.executor.held.release(std::slice::from_ref(&delivery));
+            if let Err(error) = self.queue.hand_back(&delivery, &self.consumer).await {
+                tracing::warn!(job.id = delivery.job_id, error = %error,
+                    "could not hand back a job read without a slot; it returns when its lease expires");
             }
         }
     }
@@ -306,6 +327,9 @@ pub struct HandOff {
     executor: Executor,
     consumer: String,
     caught_up: Arc<AtomicBool>,
+    /// The relay's last batch was full: a backlog of events waits (a drain, a burst). Its
+    /// jobs go through the queue, where the reader takes them many to a statement.
+    outbox_behind: Arc<AtomicBool>,
 }
 
 /// Slots the relay took, and a place in the runner's task tracker: a shutdown waits for
@@ -319,13 +343,31 @@ impl Reserved {
     pub fn slots(&self) -> usize {
         self.permits.num_permits()
     }
+
+    /// Frees all but `wanted` slots (the jobs the statement started); false when none is
+    /// left to keep.
+    pub fn keep(&mut self, wanted: usize) -> bool {
+        if wanted == 0 {
+            return false;
+        }
+        if let Some(surplus) = self.permits.split(self.slots().saturating_sub(wanted)) {
+            drop(surplus);
+        }
+        true
+    }
 }
 
 impl HandOff {
     /// Up to `most` free slots; none when no slot is free, when the queue has entries no
-    /// runner read yet (they go first), or when the runner is shutting down.
+    /// runner read yet (they go first), when events wait behind the relay's last batch, or
+    /// when the runner is shutting down.
     pub fn reserve(&self, most: usize) -> Option<Reserved> {
-        if !self.caught_up.load(Ordering::Relaxed) || self.executor.tasks.is_closed() {
+        if !self.caught_up.load(Ordering::Relaxed) || self.outbox_behind.load(Ordering::Relaxed) {
+            return None;
+        }
+        // The token first: a shutdown that closes the tracker after this check waits for it.
+        let task = self.executor.tasks.token();
+        if self.executor.tasks.is_closed() {
             return None;
         }
         let free = self.slots.available_permits().min(most);
@@ -336,7 +378,7 @@ impl HandOff {
             .ok()?;
         Some(Reserved {
             permits,
-            _task: self.executor.tasks.token(),
+            _task: task,
         })
     }
 
@@ -345,7 +387,13 @@ impl HandOff {
         &self.consumer
     }
 
-    /// The queue refused a hand-off: entries wait unread. None until the reader catches up.
+    /// Whether the relay's last batch was full (events wait behind it): no hand-off then.
+    pub fn outbox_behind(&self, behind: bool) {
+        self.outbox_behind.store(behind, Ordering::Relaxed);
+    }
+
+    /// Entries wait unread in the queue (a hand-off was refused, or the relay enqueued jobs
+    /// as usual): no hand-off until the reader has caught up.
     pub fn queue_behind(&self) {
         self.caught_up.store(false, Ordering::Relaxed);
     }
