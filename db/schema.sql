@@ -184,13 +184,17 @@ CREATE FUNCTION public.merge_into_waiting_twin(p_job_id bigint, p_status text, p
     AS $$
 declare
     v_twin bigint;
+    v_payload jsonb;
 begin
-    select twin.id into v_twin
+    select twin.id, job.payload into v_twin, v_payload
     from jobs job
     join jobs twin on twin.kind = job.kind and twin.coalesce_key = job.coalesce_key
     where job.id = p_job_id
       and twin.id <> job.id and twin.status = 'pending' and twin.attempts = 0
-    limit 1;
+    limit 1
+    -- Held until commit: a twin started meanwhile (its payload read by its runner) is no
+    -- longer waiting, and the check above is made again on its newest version.
+    for update of twin;
     if v_twin is null then
         return false;
     end if;
@@ -199,8 +203,13 @@ begin
         last_error = format('%s; merged into job %s, which waits with the same coalesce key',
                             p_how, v_twin)
     where id = p_job_id and status = p_status;
-    update jobs set payload = payload || '{"recompute": true}'
-    where id = v_twin and kind = 'recompute_rating';
+    if p_how = 'handed back' then
+        update jobs set payload = merge_job_payloads(kind, v_payload, payload)
+        where id = v_twin and kind = 'recompute_rating';
+    else
+        update jobs set payload = payload || '{"recompute": true}'
+        where id = v_twin and kind = 'recompute_rating';
+    end if;
     return true;
 end;
 $$;

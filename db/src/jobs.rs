@@ -309,8 +309,9 @@ pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<
 /// Gives back an attempt that was recorded but never ran to an end (the worker shut down
 /// and handed the job back, or the job was deferred), so it does not cost the job one of its
 /// attempts; false when the job is no longer pending at that attempt (nothing changed). A
-/// job of a coalesced kind whose twin waits unstarted is merged into it (see
-/// `hand_back_job` in db/migrations/0013).
+/// job of a coalesced kind whose twin waits unstarted is merged into it, a rating job's
+/// deltas added to the twin's (see `hand_back_job` in db/migrations/0013 and
+/// `merge_into_waiting_twin` in 0017).
 pub async fn hand_back_job<C: AsClient>(db: &Sql<C>, attempt: Attempt) -> Result<bool, StoreError> {
     let sql = format!("select hand_back_job($1, $2), {}", commit_as(3));
     let row = db

@@ -6,8 +6,9 @@
 //!
 //! A job recomputes its product instead (the reviews counted, less the deltas still on their
 //! way: exact whatever runs beside it) when its events were replayed, when it comes back from
-//! a dead letter or was merged into, or when it was written before deltas (no `stars`).
-//! scripts/repair-ratings runs the same recompute for every product.
+//! a dead letter (or one was merged into it), or when it was written before deltas (no
+//! `stars`). A job handed back unrun into a twin that waits adds its deltas to the twin's
+//! (db/migrations/0017). scripts/repair-ratings runs the same recompute for every product.
 
 use reviews_db::ratings::apply_rating_jobs;
 use reviews_db::Db;

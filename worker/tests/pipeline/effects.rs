@@ -209,3 +209,75 @@ async fn replayed_events_and_a_replayed_dead_letter_recompute_instead_of_adding_
     worker.stop().await;
     p.assert_ratings_match_reviews().await;
 }
+
+#[tokio::test]
+async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_a_recompute() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let conn = p.db.conn().await.unwrap();
+    let statement = reviews_worker::relay::statement_for(&JobRegistry::standard());
+    let relay = |start: i64| {
+        let (conn, statement) = (&conn, &statement);
+        async move {
+            reviews_db::outbox::relay_and_start(conn, statement, 500, Duration::ZERO, start)
+                .await
+                .unwrap()
+        }
+    };
+
+    // A review's rating job, started by the relay (attempt 1)...
+    p.add_reviews(product, authors("first", 2)).await;
+    let first = relay(10).await;
+    let started: Vec<_> = first
+        .started
+        .iter()
+        .filter(|job| job.kind == "recompute_rating")
+        .collect();
+    assert_eq!(started.len(), 1, "{:?}", first.started);
+    // ...and, while it runs, newer events: their job waits unstarted beside it.
+    p.add_reviews(product, authors("second", 3)).await;
+    let second = relay(0).await;
+    assert_eq!(second.events, 3);
+    let waiting: Vec<i64> = p
+        .column("select id from jobs where kind = 'recompute_rating' and attempts = 0")
+        .await;
+    assert_eq!(waiting.len(), 1);
+
+    // The started one is handed back (its worker stops): its twin takes its deltas in.
+    assert!(reviews_db::jobs::hand_back_job(&conn, started[0].fencing())
+        .await
+        .unwrap());
+    let stars: Vec<String> = p
+        .column(&format!(
+            "select (payload->'stars')::text || ' ' || (payload->>'recompute') from jobs where id = {}",
+            waiting[0]
+        ))
+        .await;
+    let added = p
+        .count(&format!(
+            "select sum(v::int)::int8 from jobs, jsonb_array_elements_text(payload->'stars') v where id = {}",
+            waiting[0]
+        ))
+        .await;
+    assert_eq!(added, 5, "both jobs' deltas: {stars:?}");
+    assert!(stars[0].ends_with(" false"), "no recompute: {stars:?}");
+
+    // Run: the summary counts all five reviews, each once, by deltas alone.
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    p.assert_ratings_match_reviews().await;
+    assert_eq!(
+        p.count("select count(*) from jobs where (payload->>'recompute')::boolean")
+            .await,
+        0,
+        "nothing recomputed"
+    );
+    assert_eq!(
+        p.count(&format!(
+            "select review_count::int8 from product_ratings where product_id = '{product}'"
+        ))
+        .await,
+        5
+    );
+}
