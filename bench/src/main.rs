@@ -291,10 +291,25 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        // A recompute costs thousands of times a delta under a backlog; a second start means a retry or a take-back.
+        let costly = client
+            .query_one(
+                "select count(*) filter (where coalesce((payload->>'recompute')::boolean, false)),
+                        count(*) filter (where attempts > 1)
+                 from jobs",
+                &[],
+            )
+            .await?;
+        let (recomputed, retried): (i64, i64) = (costly.get(0), costly.get(1));
+        row(
+            "  rating jobs that recomputed / jobs started more than once",
+            format!("{recomputed} / {retried}"),
+        );
         report.insert(
             "backlog_drain".into(),
             json!({"events": args.backlog, "per_s": drain_rate, "seconds": took.as_secs_f64(),
-        "cpu_seconds": {"worker": worker_cpu, "postgres": postgres_cpu, "redis": redis_cpu}}),
+        "cpu_seconds": {"worker": worker_cpu, "postgres": postgres_cpu, "redis": redis_cpu},
+        "recomputed": recomputed, "retried": retried}),
         );
     }
 

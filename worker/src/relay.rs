@@ -129,6 +129,7 @@ impl Relay {
         metrics::counter!("relay_jobs_total").increment(jobs as u64);
         let started_ids: Vec<i64> = batch.started.iter().map(|job| job.id).collect();
         let consumer = self.hand_off.as_ref().map_or("", |h| h.consumer());
+        let reads_before = self.hand_off.as_ref().map_or(0, |h| h.reads());
         let enqueued = self
             .queue
             .hand_off_and_enqueue(consumer, &started_ids, &batch.job_ids, &batch.held_back)
@@ -140,7 +141,7 @@ impl Relay {
         if let Some(hand_off) = &self.hand_off {
             // Jobs enqueued as usual wait unread: they go before any hand-off.
             if refused || (enqueued.is_ok() && !batch.job_ids.is_empty()) {
-                hand_off.queue_behind();
+                hand_off.queue_behind(reads_before);
             }
         }
         match enqueued {

@@ -12,7 +12,7 @@
 //! then hands their jobs back (their attempt is given back too). Every batch, read or taken
 //! back, runs in the one task tracker, so none is missed and none runs on after its hand-back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,9 +59,8 @@ pub struct Runner {
     settings: RunnerSettings,
     delayed_bell: DelayedBell,
     slots: Arc<Semaphore>,
-    /// The reader's last read got fewer entries than it asked for: the group had delivered
-    /// every entry, so the relay may hand jobs over (see [`HandOff`]).
-    caught_up: Arc<AtomicBool>,
+    /// Whether the reader's last read left nothing unread (see [`HandOff`]).
+    reads: QueueReads,
     pub stats: Arc<RunnerStats>,
 }
 
@@ -97,8 +96,7 @@ impl Runner {
             queue,
             consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
-            // A read refused while the queue is behind sets it false until the reader catches up.
-            caught_up: Arc::new(AtomicBool::new(true)),
+            reads: QueueReads::default(),
             settings,
             delayed_bell,
             stats,
@@ -111,7 +109,7 @@ impl Runner {
             slots: self.slots.clone(),
             executor: self.executor.clone(),
             consumer: self.consumer.clone(),
-            caught_up: self.caught_up.clone(),
+            reads: self.reads.clone(),
             outbox_behind: Arc::default(),
         }
     }
@@ -209,8 +207,7 @@ impl Runner {
             match read {
                 Ok(deliveries) => {
                     backoff.reset();
-                    self.caught_up
-                        .store(deliveries.len() < count, Ordering::Relaxed);
+                    self.reads.done(deliveries.len() < count);
                     if deliveries.is_empty() {
                         continue;
                     }
@@ -326,7 +323,7 @@ pub struct HandOff {
     slots: Arc<Semaphore>,
     executor: Executor,
     consumer: String,
-    caught_up: Arc<AtomicBool>,
+    reads: QueueReads,
     /// The relay's last batch was full: a backlog of events waits (a drain, a burst). Its
     /// jobs go through the queue, where the reader takes them many to a statement.
     outbox_behind: Arc<AtomicBool>,
@@ -362,7 +359,7 @@ impl HandOff {
     /// runner read yet (they go first), when events wait behind the relay's last batch, or
     /// when the runner is shutting down.
     pub fn reserve(&self, most: usize) -> Option<Reserved> {
-        if !self.caught_up.load(Ordering::Relaxed) || self.outbox_behind.load(Ordering::Relaxed) {
+        if !self.reads.caught_up() || self.outbox_behind.load(Ordering::Relaxed) {
             return None;
         }
         // The token first: a shutdown that closes the tracker after this check waits for it.
@@ -392,10 +389,19 @@ impl HandOff {
         self.outbox_behind.store(behind, Ordering::Relaxed);
     }
 
+    /// How many reads the runner has completed: take it before an enqueue, for
+    /// [`HandOff::queue_behind`].
+    pub fn reads(&self) -> u64 {
+        self.reads.count()
+    }
+
     /// Entries wait unread in the queue (a hand-off was refused, or the relay enqueued jobs
-    /// as usual): no hand-off until the reader has caught up.
-    pub fn queue_behind(&self) {
-        self.caught_up.store(false, Ordering::Relaxed);
+    /// as usual): no hand-off until the reader has caught up. `reads_before` is
+    /// [`HandOff::reads`] from before the enqueue: a read that ended since may have taken
+    /// those very entries (a blocked read wakes on them, often before the enqueue's reply
+    /// arrives), so its word stands; should it be wrong, the queue refuses the next hand-off.
+    pub fn queue_behind(&self, reads_before: u64) {
+        self.reads.behind_unless_read_since(reads_before);
     }
 
     /// Runs `started` (at most as many as `reserved` has slots; the rest are freed).
@@ -405,6 +411,45 @@ impl HandOff {
         if !started.is_empty() {
             self.executor.spawn_started(started, permits);
         }
+    }
+}
+
+/// What the runner's reader last learned about the queue: how many reads it has completed
+/// (the high bits) and whether the last one got fewer entries than it asked for, so that the
+/// group had delivered every entry (the low bit). One word, so that the relay's "behind"
+/// and the reader's "caught up" apply in the order they happen.
+#[derive(Clone)]
+struct QueueReads(Arc<AtomicU64>);
+
+impl Default for QueueReads {
+    fn default() -> Self {
+        QueueReads(Arc::new(AtomicU64::new(1))) // no read yet, nothing enqueued: caught up
+    }
+}
+
+impl QueueReads {
+    fn done(&self, caught_up: bool) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                Some((((state >> 1) + 1) << 1) | u64::from(caught_up))
+            });
+    }
+
+    fn caught_up(&self) -> bool {
+        self.0.load(Ordering::Acquire) & 1 == 1
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire) >> 1
+    }
+
+    fn behind_unless_read_since(&self, reads: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state >> 1 == reads).then_some(state & !1)
+            });
     }
 }
 

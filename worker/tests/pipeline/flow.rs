@@ -72,13 +72,15 @@ async fn jobs_of_one_event_each_as_older_workers_wrote_them_run_and_are_recorded
     // Their ids reach the queue by reconciliation, as after a Redis loss.
     let worker = p.start_worker().await;
     p.wait_until_idle(Duration::from_secs(60)).await;
-    let stats = &worker.worker.stats;
+    // Read once the worker has stopped: a job's completion commits before its runner counts
+    // it.
+    let stats = worker.worker.stats.clone();
+    worker.stop().await;
     let (succeeded, start_batches, completion_batches) = (
         stats.succeeded.load(Ordering::Relaxed),
         stats.start_batches.load(Ordering::Relaxed),
         stats.completion_batches.load(Ordering::Relaxed),
     );
-    worker.stop().await;
 
     // Attempts and successes are recorded many jobs per statement, not one each.
     assert_eq!(succeeded, 1000);
@@ -282,12 +284,13 @@ async fn two_workers_on_one_database_and_redis_apply_each_event_once() {
             .await;
     }
     p.wait_until_idle(Duration::from_secs(60)).await;
-    let runs = |w: &TestWorker| w.worker.stats.succeeded.load(Ordering::Relaxed);
-    let (runs_a, runs_b) = (runs(&a), runs(&b));
+    let (stats_a, stats_b) = (a.worker.stats.clone(), b.worker.stats.clone());
     let mut ledger = a.ledger.runs();
     ledger.extend(b.ledger.runs());
     a.stop().await;
     b.stop().await;
+    let runs_a = stats_a.succeeded.load(Ordering::Relaxed);
+    let runs_b = stats_b.succeeded.load(Ordering::Relaxed);
 
     // Each job ran in one worker or the other, once.
     p.assert_notified_once_each(&ledger, 600).await;

@@ -25,14 +25,16 @@ async fn an_idle_workers_relay_hands_its_jobs_to_its_runner_started_and_each_run
         p.add_reviews(product, authors(&format!("r{i}"), 1)).await;
         p.wait_until_idle(Duration::from_secs(10)).await;
     }
-    let stats = &worker.worker.stats;
+    // Read once the worker has stopped: a job's completion commits before its runner counts
+    // it.
+    let stats = worker.worker.stats.clone();
+    let runs = worker.ledger.runs();
+    worker.stop().await;
     let (handed_over, start_batches, succeeded) = (
         stats.handed_over.load(Ordering::Relaxed),
         stats.start_batches.load(Ordering::Relaxed),
         stats.succeeded.load(Ordering::Relaxed),
     );
-    let runs = worker.ledger.runs();
-    worker.stop().await;
 
     let jobs = p.count("select count(*) from jobs").await;
     assert_eq!(
