@@ -138,8 +138,8 @@ pub struct Tuning {
     /// runner, with their Redis leases taken in the enqueue's round trip: a job starts without
     /// a queue read or a start statement of its own. Jobs go through the queue as before when
     /// no slot is free, other jobs wait in the queue, or a backlog of events waits. Off by
-    /// default: it cuts job start latency, but its drain and rating figures are not yet
-    /// understood (docs/PERFORMANCE.md, run H).
+    /// default: it cuts job start latency, but it is not yet measured enough to be the
+    /// default (docs/PERFORMANCE.md, run H).
     #[arg(long = "relay-hand-off", env = "RELAY_HAND_OFF", value_name = "RELAY_HAND_OFF",
           default_value_t = false, action = clap::ArgAction::Set)]
     pub relay_hand_off: bool,

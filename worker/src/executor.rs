@@ -192,6 +192,7 @@ impl Executor {
         self.stats
             .handed_over
             .fetch_add(started.len() as u64, Ordering::Relaxed);
+        metrics::counter!("jobs_handed_over_total").increment(started.len() as u64);
         let executor = self.clone();
         self.tasks
             .spawn(async move { executor.run_started(started, Vec::new()).await });
