@@ -152,6 +152,7 @@ $_$;
 
 CREATE FUNCTION public.hand_back_job(p_job_id bigint, p_attempt integer) RETURNS boolean
     LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
     perform 1 from jobs
@@ -164,7 +165,13 @@ begin
         -- Still counted as started afterwards: no twin can conflict.
         update jobs set attempts = attempts - 1 where id = p_job_id;
     elsif not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
-        update jobs set attempts = 0 where id = p_job_id;
+        begin
+            update jobs set attempts = 0 where id = p_job_id;
+        exception when unique_violation then
+            if not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
+                raise;
+            end if;
+        end;
     end if;
     return true;
 end;

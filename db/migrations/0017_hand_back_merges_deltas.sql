@@ -46,3 +46,34 @@ begin
     return true;
 end;
 $$;
+
+-- A twin can also appear while the hand-back runs: a relay's insert of one, not committed
+-- when the twin was looked for, makes giving the attempt back wait on the coalescing index
+-- and then fail as a duplicate once it commits (a hand-back of several jobs failed whole,
+-- and each ran later at a spent attempt). The twin is committed by then: merge into it.
+create or replace function hand_back_job(p_job_id bigint, p_attempt integer) returns boolean
+language plpgsql
+set search_path = public, pg_temp
+as $$
+begin
+    perform 1 from jobs
+    where id = p_job_id and status = 'pending' and attempts = p_attempt
+    for update;
+    if not found then
+        return false;
+    end if;
+    if p_attempt > 1 then
+        -- Still counted as started afterwards: no twin can conflict.
+        update jobs set attempts = attempts - 1 where id = p_job_id;
+    elsif not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
+        begin
+            update jobs set attempts = 0 where id = p_job_id;
+        exception when unique_violation then
+            if not merge_into_waiting_twin(p_job_id, 'pending', 'handed back') then
+                raise;
+            end if;
+        end;
+    end if;
+    return true;
+end;
+$$;

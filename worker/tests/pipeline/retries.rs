@@ -340,3 +340,55 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
         1
     );
 }
+
+#[tokio::test]
+async fn a_hand_back_that_meets_a_twin_being_inserted_merges_into_it_once_it_commits() {
+    let p = TestPipeline::new().await;
+    let state = |id: i64| format!("select status || ' ' || attempts from jobs where id = {id}");
+    let (started, twin) = started_job_and_waiting_twin(&p).await;
+    p.sql(&format!("delete from jobs where id = {twin}")).await;
+
+    // A relay's insert of a twin, not committed yet: the hand-back cannot see it, and giving
+    // the attempt back waits for it on the coalescing index.
+    let relay = p.client().await;
+    relay
+        .batch_execute(
+            "begin;
+             insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1')",
+        )
+        .await
+        .unwrap();
+    let db = p.db.clone();
+    let hand_back = tokio::spawn(async move {
+        let conn = db.conn().await.unwrap();
+        let attempt = reviews_db::jobs::Attempt {
+            job_id: started,
+            attempt: 1,
+        };
+        reviews_db::jobs::hand_back_job(&conn, attempt).await
+    });
+    let waiting = "select count(*) from pg_stat_activity
+                   where datname = current_database() and wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.count(waiting).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline && !hand_back.is_finished(),
+            "the hand-back should wait for the insert"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.batch_execute("commit").await.unwrap();
+
+    let handed_back = tokio::time::timeout(Duration::from_secs(5), hand_back)
+        .await
+        .expect("the hand-back ends once the insert commits")
+        .unwrap();
+    assert!(handed_back.expect("no duplicate-key failure"));
+    assert_eq!(p.column::<String>(&state(started)).await, ["done 1"]);
+    let twins: Vec<String> = p
+        .column(&format!(
+            "select status || ' ' || attempts from jobs where id <> {started}"
+        ))
+        .await;
+    assert_eq!(twins, ["pending 0"]);
+}
