@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     for &(via, rate) in latency_runs {
         stack.reset().await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let hand_offs_before = hand_offs(&stack).await;
         let started = Instant::now();
         let (done, acknowledged) = match via {
             "sql" => {
@@ -143,6 +144,19 @@ async fn main() -> anyhow::Result<()> {
         let (to_relay, relay_to_start) = measure::job_start_split(&client).await?;
         row("  of which commit -> relay's claim", lat(&to_relay));
         row("  and relay's claim -> job start", lat(&relay_to_start));
+        // With RELAY_HAND_OFF: how many jobs skipped the queue read and the start statement.
+        let (handed_over, refused) = {
+            let after = hand_offs(&stack).await;
+            (after.0 - hand_offs_before.0, after.1 - hand_offs_before.1)
+        };
+        let jobs: i64 = client
+            .query_one("select count(*) from jobs", &[])
+            .await?
+            .get(0);
+        row(
+            "  jobs handed over by the relay / refused hand-offs",
+            format!("{handed_over:.0} of {jobs} / {refused:.0}"),
+        );
         // The writer's view: from its commit's acknowledgement (SQL only: through GraphQL the
         // writer hears of the commit only with the HTTP response, well after it).
         let from_ack = match &acknowledged {
@@ -157,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
             &format!("{via} {rate}/s: commit -> rating visible"),
             lat(&rating),
         );
-        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_handler_start_ms": handler, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating}));
+        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_handler_start_ms": handler, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating, "jobs": jobs, "handed_over": handed_over, "hand_offs_refused": refused}));
     }
 
     // Highest sustained rate: flat out, then how long the worker needs to catch up.
@@ -397,4 +411,18 @@ async fn main() -> anyhow::Result<()> {
     println!("JSON written to {}", args.json);
     stack.drop_all().await?;
     Ok(())
+}
+
+/// The worker's counts of jobs its relay handed over and of refused hand-offs (0 before the
+/// first: a counter appears in /metrics once it is incremented).
+async fn hand_offs(stack: &stack::Stack) -> (f64, f64) {
+    let port = stack.worker_metrics_port;
+    (
+        stack::worker_metric(port, "jobs_handed_over_total")
+            .await
+            .unwrap_or(0.0),
+        stack::worker_metric(port, "relay_hand_offs_refused_total")
+            .await
+            .unwrap_or(0.0),
+    )
 }
