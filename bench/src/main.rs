@@ -305,7 +305,8 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        // A recompute costs thousands of times a delta under a backlog; a second start means a retry or a take-back.
+        // A recompute reads the product's reviews and the whole backlog, where a delta updates
+        // one row; a second start means a retry or a take-back.
         let costly = client
             .query_one(
                 "select count(*) filter (where coalesce((payload->>'recompute')::boolean, false)),

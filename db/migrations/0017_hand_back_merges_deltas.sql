@@ -4,7 +4,7 @@
 -- gives back, so no completion can commit after it. The twin adds them to its own
 -- (merge_job_payloads, as the relay does when newer events join a waiting job) instead of
 -- recomputing: a recompute counts every review of the product and every event still on its
--- way, which under a backlog costs thousands of times a delta, and one merged-into job used to
+-- way (all of a backlog's), where a delta updates one row, and one merged-into job used to
 -- turn every later job of its product into a recompute too.
 -- The twin's row is now locked first: a start statement that read its payload before the
 -- merge would run without the deltas merged into it.

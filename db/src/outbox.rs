@@ -81,9 +81,10 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                           startable
                           and row_number() over (order by not startable, event_id) <= $4
                               as start
-                   -- Due now, and no twin waits to take its events in (coalescing first).
+                   -- Due now, and no twin waits to take its events in (coalescing first);
+                   -- nothing to look up when none may start.
                    from (select new_jobs.*,
-                                run_at <= now()
+                                $4 > 0 and run_at <= now()
                                 and not exists (select from jobs twin
                                                 where twin.kind = new_jobs.kind
                                                   and twin.coalesce_key = new_jobs.coalesce_key

@@ -249,8 +249,8 @@ impl Runner {
         if !deliveries.is_empty() {
             self.executor.spawn_batch(deliveries, permits);
         }
+        self.executor.held.release(&without_slot);
         for delivery in without_slot {
-            self.executor.held.release(std::slice::from_ref(&delivery));
             if let Err(error) = self.queue.hand_back(&delivery, &self.consumer).await {
                 tracing::warn!(job.id = delivery.job_id, error = %error,
                     "could not hand back a job read without a slot; it returns when its lease expires");
