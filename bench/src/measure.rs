@@ -189,14 +189,18 @@ pub async fn commit_to_rating_visible(client: &Client) -> anyhow::Result<Percent
 /// Median time of the relay's claim statement over `runs` runs, in ms, each in a
 /// transaction that is rolled back (so every run claims the same pending rows).
 pub async fn claim_cost(client: &mut Client, runs: usize) -> anyhow::Result<f64> {
-    let statement =
-        reviews_worker::relay::statement_for(&reviews_worker::jobs::JobRegistry::standard());
+    let statements = reviews_worker::relay::statements_for(
+        &reviews_worker::jobs::JobRegistry::standard(),
+        500,
+        Duration::ZERO,
+        reviews_db::Bookkeeping::Synchronous,
+    );
     let mut times = Vec::new();
     for _ in 0..runs {
         let tx = client.transaction().await?;
         let sql = reviews_db::Sql::new(tx, Default::default());
         let started = Instant::now();
-        reviews_db::outbox::relay_pending_events(&sql, &statement, 500, Duration::ZERO).await?;
+        reviews_db::outbox::relay_pending_events(&sql, &statements).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         drop(sql);
     }

@@ -376,6 +376,12 @@ impl Bookkeeping {
             Bookkeeping::Asynchronous => Some("off"),
         }
     }
+
+    /// [`Bookkeeping::setting`] as an SQL literal, for a statement that has it written in.
+    pub(crate) fn literal(self) -> String {
+        self.setting()
+            .map_or_else(|| "null".to_string(), |setting| format!("'{setting}'"))
+    }
 }
 
 impl Db {

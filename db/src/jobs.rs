@@ -32,8 +32,13 @@ impl StartedJob {
 /// the worker's bookkeeping ([`crate::Bookkeeping`]): in a RETURNING list, it runs when the
 /// statement changed a row, which is when there is something to commit.
 pub(crate) fn commit_as(n: usize) -> String {
+    commit_to(&format!("${n}"))
+}
+
+/// [`commit_as`] with the setting given as an SQL expression (a literal, or a parameter).
+pub(crate) fn commit_to(setting: &str) -> String {
     format!(
-        "set_config('synchronous_commit', coalesce(${n}::text, current_setting('synchronous_commit')), true)"
+        "set_config('synchronous_commit', coalesce({setting}::text, current_setting('synchronous_commit')), true)"
     )
 }
 

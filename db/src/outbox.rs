@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
+use crate::config::Bookkeeping;
 use crate::jobs::StartedJob;
 use crate::sql::{AsClient, Sql, StoreError};
 
@@ -23,46 +24,133 @@ pub struct RelayedBatch {
     pub started: Vec<StartedJob>,
 }
 
-/// The relay's statement for these job kinds: each `(name, from_events)` pair names a kind
+/// What a relay statement is built with: its worker's settings, fixed for the process.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConstants {
+    /// Events claimed per statement.
+    pub batch_size: i64,
+    /// How long after a product's last rating recompute its next one may start (the kinds'
+    /// `relay_settings.recompute_interval_ms`).
+    pub recompute_interval: Duration,
+    /// How the statement commits (it is the worker's bookkeeping).
+    pub bookkeeping: Bookkeeping,
+}
+
+/// The relay's two statements for a set of job kinds, built once per worker and run by
+/// [`relay_pending_events`] and [`relay_and_start`].
+///
+/// Their worker's settings ([`RelayConstants`]) are written into their text rather than
+/// passed as parameters: Postgres plans a prepared statement without parameters once per
+/// connection and reuses the plan, where a parameter it could tailor a plan to (the batch
+/// size's `limit`, the interval that drops a sub-select when 0) makes it plan every call
+/// anew, which took as long as running the statement. The statement that starts jobs keeps
+/// one parameter, how many (`$1`): it changes neither plan, so Postgres settles on one
+/// after its first few calls.
+///
+/// Each claims up to the batch size of pending events (skipping rows other workers hold),
+/// creates the jobs every kind makes of them, and takes the events off `outbox_pending`, all
+/// in one statement (and so one transaction). Each `(name, from_events)` pair names a kind
 /// and the `select` that makes its jobs from the claimed events, `claimed c` (see the
 /// worker's `JobKind::FROM_EVENTS`): the outbox rows, and whether their webhooks are
-/// delivered (`c.webhooks`, false for a replay without --webhooks). Built once per worker;
-/// run by [`relay_pending_events`].
-///
-/// It claims up to `$1` pending events (skipping rows other workers hold), creates the jobs
-/// every kind makes of them, and takes the events off `outbox_pending`, all in one statement
-/// (and so one transaction). The outbox rows themselves are only read: see
-/// `migrations/0011_pending_events_table.sql`. A job whose kind and coalesce key match one
-/// that waits unstarted is not created twice. Jobs due later (`run_at` in the future) come
-/// back apart, with how long until they are due. Up to `$4` of the jobs that may run now are
-/// created started (attempt 1, as `jobs::start_jobs` would record it), for a runner of this
-/// process that has that many free slots, unless a job with their key waits unstarted (it
-/// takes their events in, as above); a started job never takes another job's events in.
-/// The relayed event ids are announced on `review_events` (for the API's live
-/// subscriptions), in the same transaction.
-pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let made: Vec<String> = kinds
-        .into_iter()
-        .map(|(name, from_events)| {
-            assert!(
-                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "job kind names are [a-z_]+: {name:?}"
-            );
-            format!(
-                "(select '{name}'::text as kind, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
-                from_events.trim_end()
+/// delivered (`c.webhooks`, false for a replay without --webhooks). The outbox rows
+/// themselves are only read: see `migrations/0011_pending_events_table.sql`. A job whose kind
+/// and coalesce key match one that waits unstarted is not created twice. Jobs due later
+/// (`run_at` in the future) come back apart, with how long until they are due. The relayed
+/// event ids are announced on `review_events` (for the API's live subscriptions), in the
+/// same transaction.
+#[derive(Debug, Clone)]
+pub struct RelayStatements {
+    batch_size: i64,
+    /// Creates every job unstarted. No parameter.
+    relay: String,
+    /// Creates up to `$1` of the jobs that may run now started (attempt 1, as
+    /// `jobs::start_jobs` would record it), for a runner of this process that has that many
+    /// free slots, unless a job with their key waits unstarted (it takes their events in, as
+    /// above); a started job never takes another job's events in.
+    relay_and_start: String,
+}
+
+impl RelayStatements {
+    pub fn new<'a>(
+        kinds: impl IntoIterator<Item = (&'a str, &'a str)>,
+        constants: RelayConstants,
+    ) -> Self {
+        assert!(
+            constants.batch_size > 0,
+            "a relay batch claims at least one event"
+        );
+        let made: Vec<String> = kinds
+            .into_iter()
+            .map(|(name, from_events)| {
+                assert!(
+                    name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "job kind names are [a-z_]+: {name:?}"
+                );
+                format!(
+                    "(select '{name}'::text as kind, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
+                    from_events.trim_end()
+                )
+            })
+            .collect();
+        let made = made.join("\n             union all\n             ");
+        let interval_ms =
+            i64::try_from(constants.recompute_interval.as_millis()).unwrap_or(i64::MAX);
+        let statement = |chosen: &str| {
+            relay_statement_text(
+                &made,
+                constants.batch_size,
+                interval_ms,
+                chosen,
+                constants.bookkeeping,
             )
-        })
-        .collect();
+        };
+        RelayStatements {
+            batch_size: constants.batch_size,
+            relay: statement("select new_jobs.*, false as start from new_jobs"),
+            relay_and_start: statement(
+                "select candidates.*,
+                          startable
+                          and row_number() over (order by not startable, event_id) <= $1
+                              as start
+                   -- Due now, and no twin waits to take its events in (coalescing first).
+                   from (select new_jobs.*,
+                                run_at <= now()
+                                and not exists (select from jobs twin
+                                                where twin.kind = new_jobs.kind
+                                                  and twin.coalesce_key = new_jobs.coalesce_key
+                                                  and twin.status = 'pending'
+                                                  and twin.attempts = 0) as startable
+                         from new_jobs) as candidates",
+            ),
+        }
+    }
+
+    /// Events claimed per statement.
+    pub fn batch_size(&self) -> i64 {
+        self.batch_size
+    }
+}
+
+/// The text of a relay statement: `made`, the kinds' selects; `chosen`, a select of
+/// `new_jobs` adding `start`, whether the job is created started.
+fn relay_statement_text(
+    made: &str,
+    batch_size: i64,
+    interval_ms: i64,
+    chosen: &str,
+    bookkeeping: Bookkeeping,
+) -> String {
     format!(
-        "with relayed as (
+        "with relay_settings (recompute_interval_ms) as (
+             values ({interval_ms}::int8)
+         ), relayed as (
              -- By ctid, not by a join on id: a TID scan, whatever the planner thinks of the
              -- backlog's size. The locked rows cannot move: pending rows are only ever
              -- inserted and deleted, never updated.
              delete from outbox_pending
              where ctid = any (array(select ctid from outbox_pending
                                      order by id
-                                     limit $1
+                                     limit {batch_size}
                                      for update skip locked))
              returning id, webhooks, replayed
          ), claimed as (
@@ -77,20 +165,7 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                                last_started_at)
              select kind, event_id, coalesce_key, payload, run_at,
                     start::int, case when start then clock_timestamp() end
-             from (select candidates.*,
-                          startable
-                          and row_number() over (order by not startable, event_id) <= $4
-                              as start
-                   -- Due now, and no twin waits to take its events in (coalescing first);
-                   -- nothing to look up when none may start.
-                   from (select new_jobs.*,
-                                $4 > 0 and run_at <= now()
-                                and not exists (select from jobs twin
-                                                where twin.kind = new_jobs.kind
-                                                  and twin.coalesce_key = new_jobs.coalesce_key
-                                                  and twin.status = 'pending'
-                                                  and twin.attempts = 0) as startable
-                         from new_jobs) as candidates) as chosen
+             from ({chosen}) as chosen
              -- A job that waits unstarted with the same key takes the new events in (a rating
              -- job adds their deltas: merge_job_payloads; other kinds keep theirs).
              on conflict (kind, coalesce_key)
@@ -125,21 +200,17 @@ pub fn relay_statement<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a str)>) 
                 coalesce((select array_agg(due_in_ms order by id) from held_back), '{{}}')
                     as held_due_in_ms,
                 {commit} as commit",
-        made = made.join("\n             union all\n             "),
-        commit = crate::jobs::commit_as(3),
+        commit = crate::jobs::commit_to(&bookkeeping.literal()),
     )
 }
 
-/// Relays up to `limit` pending events with `statement` (from [`relay_statement`]).
-/// `recompute_interval` is the statement's `$2`: how long after a product's last rating
-/// recompute its next one may start.
+/// Relays up to the batch size of pending events with `statements`, creating every job
+/// unstarted.
 pub async fn relay_pending_events<C: AsClient>(
     db: &Sql<C>,
-    statement: &str,
-    limit: i64,
-    recompute_interval: Duration,
+    statements: &RelayStatements,
 ) -> Result<RelayedBatch, StoreError> {
-    relay_and_start(db, statement, limit, recompute_interval, 0).await
+    relay_and_start(db, statements, 0).await
 }
 
 /// [`relay_pending_events`], creating up to `start` of the jobs that may run now started
@@ -147,23 +218,15 @@ pub async fn relay_pending_events<C: AsClient>(
 /// hands each back (`jobs::hand_back_jobs`) if it cannot take its lease in the queue.
 pub async fn relay_and_start<C: AsClient>(
     db: &Sql<C>,
-    statement: &str,
-    limit: i64,
-    recompute_interval: Duration,
+    statements: &RelayStatements,
     start: i64,
 ) -> Result<RelayedBatch, StoreError> {
-    let interval_ms = i64::try_from(recompute_interval.as_millis()).unwrap_or(i64::MAX);
-    let row = db
-        .query_typed_one(
-            statement,
-            &[
-                (&limit, Type::INT8),
-                (&interval_ms, Type::INT8),
-                (&db.commit_setting(), Type::TEXT),
-                (&start, Type::INT8),
-            ],
-        )
-        .await?;
+    let row = if start > 0 {
+        db.query_typed_one(&statements.relay_and_start, &[(&start, Type::INT8)])
+            .await?
+    } else {
+        db.query_typed_one(&statements.relay, &[]).await?
+    };
     let held_ids: Vec<i64> = row.get("held_ids");
     let due_in_ms: Vec<i64> = row.get("held_due_in_ms");
     let started_ids: Vec<i64> = row.get("started_ids");

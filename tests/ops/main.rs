@@ -765,14 +765,15 @@ async fn each_process_role_may_do_what_its_process_does_and_nothing_more() {
         assert_eq!(timeout, "3s");
 
         let worker_sql = as_role(&ops.database, &worker).await;
-        let batch = reviews_db::outbox::relay_pending_events(
-            &worker_sql,
-            &reviews_worker::relay::statement_for(&reviews_worker::jobs::JobRegistry::standard()),
+        let statements = reviews_worker::relay::statements_for(
+            &reviews_worker::jobs::JobRegistry::standard(),
             100,
             std::time::Duration::ZERO,
-        )
-        .await
-        .unwrap();
+            reviews_db::Bookkeeping::Synchronous,
+        );
+        let batch = reviews_db::outbox::relay_pending_events(&worker_sql, &statements)
+            .await
+            .unwrap();
         assert_eq!(
             batch.events, 3,
             "the worker relays (roles first: {roles_first})"

@@ -60,7 +60,7 @@ use crate::jobs::JobRegistry;
 use crate::listener::{Bells, Listener};
 use crate::queue::JobQueue;
 use crate::reconciler::Reconciler;
-use crate::relay::{Relay, RelaySettings};
+use crate::relay::Relay;
 use crate::retry::RetryPolicies;
 use crate::runner::{Runner, RunnerSettings};
 use crate::stats::RunnerStats;
@@ -112,7 +112,12 @@ pub async fn start(
     let listener_connection = ListenerConnection::default();
     let listener = Listener::new(targets.session, bells.clone(), listener_connection.clone());
     let listener_reconnects = listener.reconnects();
-    let statement = relay::statement_for(&registry);
+    let statements = relay::statements_for(
+        &registry,
+        i64::from(tuning.relay_batch_size),
+        tuning.rating_recompute_interval,
+        bookkeeping,
+    );
     let runner = Runner::new(
         db.clone(),
         queue.clone(),
@@ -132,12 +137,8 @@ pub async fn start(
         queue: queue.clone(),
         doorbell: Doorbell::new(db.clone(), listener_connection),
         bells: bells.clone(),
-        settings: RelaySettings {
-            batch_size: i64::from(tuning.relay_batch_size),
-            poll_interval: tuning.poll_interval,
-            recompute_interval: tuning.rating_recompute_interval,
-        },
-        statement,
+        poll_interval: tuning.poll_interval,
+        statements,
         delayed_bell: runner.delayed_bell(),
         hand_off: tuning.relay_hand_off.then(|| runner.hand_off()),
     };

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reviews_db::jobs::{hand_back_jobs, StartedJob};
-use reviews_db::outbox::{relay_and_start, relay_statement};
-use reviews_db::Db;
+use reviews_db::outbox::{relay_and_start, RelayConstants, RelayStatements};
+use reviews_db::{Bookkeeping, Db};
 use reviews_service::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -54,45 +54,48 @@ pub enum RelayOutcome {
     Idle,
 }
 
-/// How the relay paces itself (from the worker's `Tuning`).
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
-    /// Events claimed per statement.
-    pub batch_size: i64,
-    /// The slow poll: how late a missed bell can make an event.
-    pub poll_interval: Duration,
-    /// How long after a product's last rating recompute its next one waits (0: not at all).
-    pub recompute_interval: Duration,
-}
-
 pub struct Relay {
     pub db: Db,
     pub queue: Arc<JobQueue>,
     pub doorbell: Doorbell,
     pub bells: Bells,
-    pub settings: RelaySettings,
-    /// The claiming statement, made for the registry's kinds.
-    pub statement: String,
+    /// The slow poll: how late a missed bell can make an event.
+    pub poll_interval: Duration,
+    /// The claiming statements, made for the registry's kinds with the worker's batch size
+    /// and recompute interval written in (see [`statements_for`]).
+    pub statements: RelayStatements,
     /// Rung when jobs go to the queue's delayed set (see `promoter`).
     pub delayed_bell: DelayedBell,
     /// This worker's runner, to hand started jobs to (none: every job goes through the queue).
     pub hand_off: Option<HandOff>,
 }
 
-/// The relay's statement for the kinds `registry` makes jobs of.
-pub fn statement_for(registry: &JobRegistry) -> String {
-    relay_statement(
+/// The relay's statements for the kinds `registry` makes jobs of, claiming `batch_size`
+/// events each, holding rating recomputes back by `recompute_interval` and committing as
+/// `bookkeeping` says.
+pub fn statements_for(
+    registry: &JobRegistry,
+    batch_size: i64,
+    recompute_interval: Duration,
+    bookkeeping: Bookkeeping,
+) -> RelayStatements {
+    RelayStatements::new(
         registry
             .relayed_kinds()
             .iter()
             .map(|kind| (kind.name, kind.from_events)),
+        RelayConstants {
+            batch_size,
+            recompute_interval,
+            bookkeeping,
+        },
     )
 }
 
 impl Relay {
     /// Relays one batch of pending events.
     pub async fn relay_batch(&self) -> anyhow::Result<RelayOutcome> {
-        let limit = self.settings.batch_size;
+        let limit = self.statements.batch_size();
         let mut reserved = self
             .hand_off
             .as_ref()
@@ -100,8 +103,7 @@ impl Relay {
         let start = reserved.as_ref().map_or(0, |r| r.slots() as i64);
         let batch = {
             let conn = self.db.conn().await?;
-            let interval = self.settings.recompute_interval;
-            relay_and_start(&conn, &self.statement, limit, interval, start).await?
+            relay_and_start(&conn, &self.statements, start).await?
         };
         if let Some(hand_off) = &self.hand_off {
             hand_off.outbox_behind(batch.events >= limit);
@@ -251,7 +253,7 @@ impl Relay {
                 Ok((Nap::Asleep | Nap::AnotherRelaySleeps, _)) => {
                     failures.reset();
                     looking.reset();
-                    self.settings.poll_interval
+                    self.poll_interval
                 }
                 Ok((Nap::KeepLooking, relayed)) => {
                     failures.reset();

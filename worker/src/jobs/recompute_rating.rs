@@ -51,12 +51,12 @@ impl JobKind for RecomputeRating {
                jsonb_build_object('product_id', product_id, 'event_id', newest_event,
                                   'actor_id', actor_id, 'request_id', request_id,
                                   'stars', to_jsonb(stars), 'recompute', recompute),
-               case when $2 > 0
+               case when s.recompute_interval_ms > 0
                     then greatest(now(), (select pr.updated_at from product_ratings pr
                                           where pr.product_id = per_product.product_id)
-                                         + $2 * interval '1 millisecond')
+                                         + s.recompute_interval_ms * interval '1 millisecond')
                     else now() end
-        from (
+        from relay_settings s, (
             select d.product_id,
                    (array_agg(c.event_id order by c.id desc))[1] as newest_event,
                    (array_agg(c.actor_id order by c.id desc))[1] as actor_id,

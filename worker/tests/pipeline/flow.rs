@@ -7,6 +7,9 @@ use std::time::Duration;
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::APPLICATION_NAME;
 
+use reviews_db::Bookkeeping;
+use reviews_worker::relay::statements_for;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -100,11 +103,16 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     p.add_reviews(product, authors("r", 50)).await;
-    let statement = reviews_worker::relay::statement_for(&JobRegistry::standard());
+    let statements = statements_for(
+        &JobRegistry::standard(),
+        500,
+        Duration::ZERO,
+        Bookkeeping::Synchronous,
+    );
 
     let batch = {
         let conn = p.db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, &statement, 500, Duration::ZERO)
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap()
     };
@@ -141,10 +149,16 @@ async fn a_product_recomputed_moments_ago_waits_for_the_interval_and_its_events_
     p.add_reviews(product, authors("b", 3)).await;
     p.add_reviews(other, authors("c", 1)).await;
     let db = &p.db;
-    let statement = &reviews_worker::relay::statement_for(&JobRegistry::standard());
+    // Built per call: the interval is written into the relay's statement.
     let relay = |interval| async move {
+        let statements = statements_for(
+            &JobRegistry::standard(),
+            500,
+            interval,
+            Bookkeeping::Synchronous,
+        );
         let conn = db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, statement, 500, interval)
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap()
     };

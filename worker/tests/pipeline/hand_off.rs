@@ -9,10 +9,13 @@ use std::time::Duration;
 use reviews_worker::doorbell::{Doorbell, ListenerConnection};
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::Bells;
-use reviews_worker::relay::{statement_for, Relay, RelayOutcome, RelaySettings};
+use reviews_worker::relay::{Relay, RelayOutcome};
 use reviews_worker::retry::RetryPolicies;
 use reviews_worker::runner::{Runner, RunnerSettings};
 use tokio_util::sync::CancellationToken;
+
+use reviews_db::Bookkeeping;
+use reviews_worker::relay::statements_for;
 
 use crate::support::*;
 
@@ -82,7 +85,7 @@ async fn jobs_made_while_the_queue_has_unread_entries_wait_behind_them_with_thei
     queue.ensure_group().await.unwrap();
     let ledger = Arc::new(MemoryLedger::default());
     let registry = JobRegistry::standard().with_ledger(ledger.clone());
-    let statement = statement_for(&registry);
+    let statements = statements_for(&registry, 200, Duration::ZERO, Bookkeeping::Synchronous);
     let settings = p.args().tuning;
     let runner = Runner::new(
         p.db.clone(),
@@ -103,12 +106,8 @@ async fn jobs_made_while_the_queue_has_unread_entries_wait_behind_them_with_thei
         queue: queue.clone(),
         doorbell: Doorbell::new(p.db.clone(), ListenerConnection::default()),
         bells: Bells::default(),
-        settings: RelaySettings {
-            batch_size: 200,
-            poll_interval: settings.poll_interval,
-            recompute_interval: Duration::ZERO,
-        },
-        statement,
+        poll_interval: settings.poll_interval,
+        statements,
         delayed_bell: runner.delayed_bell(),
         hand_off: Some(runner.hand_off()),
     };

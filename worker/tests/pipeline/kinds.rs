@@ -7,6 +7,9 @@ use std::time::Duration;
 use reviews_worker::jobs::JobRegistry;
 use serde_json::Value;
 
+use reviews_db::Bookkeeping;
+use reviews_worker::relay::statements_for;
+
 use crate::support::*;
 
 /// Commits events of every type, for a product with a webhook that wants them all, so each
@@ -42,8 +45,8 @@ async fn every_kind_the_relay_makes_has_a_handler_a_retry_policy_and_a_readme_li
     let registry = JobRegistry::standard();
     {
         let conn = p.db.conn().await.unwrap();
-        let statement = reviews_worker::relay::statement_for(&registry);
-        reviews_db::outbox::relay_pending_events(&conn, &statement, 500, Duration::ZERO)
+        let statements = statements_for(&registry, 500, Duration::ZERO, Bookkeeping::Synchronous);
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap();
     }
@@ -110,8 +113,8 @@ async fn every_payload_the_relay_writes_reads_into_its_kinds_type_whole() {
     let registry = JobRegistry::standard();
     {
         let conn = p.db.conn().await.unwrap();
-        let statement = reviews_worker::relay::statement_for(&registry);
-        reviews_db::outbox::relay_pending_events(&conn, &statement, 500, Duration::ZERO)
+        let statements = statements_for(&registry, 500, Duration::ZERO, Bookkeeping::Synchronous);
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap();
     }

@@ -2,9 +2,16 @@
 //! statistics say. When they say pending jobs are rare (most jobs done, or analyzed before a
 //! burst), a statement that says `status = 'pending'` tempts the planner into reading the
 //! partial index of *all* pending jobs for every wanted id; during a 100,000-job backlog that
-//! made the drain 15 times slower. Also: pooled connections keep their prepared statements.
+//! made the drain 15 times slower. Also: pooled connections keep their prepared statements,
+//! and the relay's are planned once per connection.
+
+use std::time::Duration;
 
 use reviews_db::jobs::{complete_jobs_sql, start_jobs_sql};
+use reviews_db::outbox::{relay_and_start, relay_pending_events};
+use reviews_db::Bookkeeping;
+use reviews_worker::jobs::JobRegistry;
+use reviews_worker::relay::statements_for;
 
 use crate::support::*;
 
@@ -125,4 +132,90 @@ async fn reconciliation_re_checks_that_a_missing_job_is_still_pending() {
         .await
         .unwrap();
     assert_eq!(pending, [ids[0]]);
+}
+
+#[tokio::test]
+async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_pending_key() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let conn = p.db.conn().await.unwrap();
+    let statements = statements_for(
+        &JobRegistry::standard(),
+        500,
+        Duration::ZERO,
+        Bookkeeping::Asynchronous,
+    );
+    for i in 0..8 {
+        p.add_reviews(product, authors(&format!("plain{i}-"), 1))
+            .await;
+        let batch = relay_pending_events(&conn, &statements).await.unwrap();
+        assert_eq!(batch.events, 1);
+        p.add_reviews(product, authors(&format!("start{i}-"), 1))
+            .await;
+        let batch = relay_and_start(&conn, &statements, 1 + i % 3)
+            .await
+            .unwrap();
+        assert_eq!(batch.events, 1);
+    }
+    let plans = |starting: bool| {
+        let conn = &conn;
+        async move {
+            let row = conn
+                .query_one(
+                    // Split so that this query's own text (prepared too) does not match.
+                    "select name, generic_plans, custom_plans from pg_prepared_statements
+                     where statement like '%relay_' || 'settings%'
+                       and (statement like '%<= $1%') = $1",
+                    &[&starting],
+                )
+                .await
+                .unwrap();
+            let name: String = row.get(0);
+            (name, row.get::<_, i64>(1), row.get::<_, i64>(2))
+        }
+    };
+    // Without parameters: one generic plan, never planned again.
+    let (plain, generic, custom) = plans(false).await;
+    assert_eq!(
+        (generic, custom),
+        (8, 0),
+        "the relay statement without a start"
+    );
+    // With the number to start as its one parameter, which changes no plan: Postgres tries
+    // five custom plans, then keeps the generic one.
+    let (_, generic, custom) = plans(true).await;
+    assert!(
+        generic >= 3 && custom <= 5,
+        "{generic} generic, {custom} custom plans"
+    );
+
+    // The plan kept was made while outbox_pending held one row at most; with a backlog it
+    // still claims through the table's key, in id order, and not by sorting the table.
+    p.add_reviews(product, authors("backlog", 2000)).await;
+    let plan: Vec<String> = conn
+        .query(&format!("explain (costs off) execute {plain}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using outbox_pending_pkey on outbox_pending"),
+        "{plan}"
+    );
+    let batch = relay_pending_events(&conn, &statements).await.unwrap();
+    assert_eq!(batch.events, 500);
+    // The worker's bookkeeping is written in too: these statements commit asynchronously.
+    let written_in = conn
+        .query_one(
+            "select count(*) from pg_prepared_statements
+             where statement like '%relay_' || 'settings%'
+               and statement like '%coalesce(''off''::text, current_setting(''synchronous_commit''))%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(written_in, 2);
 }
