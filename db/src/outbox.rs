@@ -40,12 +40,14 @@ pub struct RelayConstants {
 /// [`relay_pending_events`] and [`relay_and_start`].
 ///
 /// Their worker's settings ([`RelayConstants`]) are written into their text rather than
-/// passed as parameters: Postgres plans a prepared statement without parameters once per
-/// connection and reuses the plan, where a parameter it could tailor a plan to (the batch
-/// size's `limit`, the interval that drops a sub-select when 0) makes it plan every call
-/// anew, which took as long as running the statement. The statement that starts jobs keeps
-/// one parameter, how many (`$1`): it changes neither plan, so Postgres settles on one
-/// after its first few calls.
+/// passed as parameters: Postgres plans a prepared statement without parameters once and
+/// reuses the plan, where a parameter it could tailor a plan to (the batch size's `limit`,
+/// the interval that drops a sub-select when 0) makes it plan every call anew, which took
+/// as long as running the statement. The statement that starts jobs keeps one parameter,
+/// how many (`$1`): it changes neither plan, so Postgres settles on one after its first few
+/// calls. A kept plan is made for the tables' sizes of its time: each connection prepares
+/// the statements again every [`RELAY_PLAN_MAX_AGE`], so that a plan made while the outbox
+/// was nearly empty does not read all of it once it has grown.
 ///
 /// Each claims up to the batch size of pending events (skipping rows other workers hold),
 /// creates the jobs every kind makes of them, and takes the events off `outbox_pending`, all
@@ -61,6 +63,8 @@ pub struct RelayConstants {
 #[derive(Debug, Clone)]
 pub struct RelayStatements {
     batch_size: i64,
+    /// How long a connection keeps its plans of these statements.
+    plan_max_age: Duration,
     /// Creates every job unstarted. No parameter.
     relay: String,
     /// Creates up to `$1` of the jobs that may run now started (attempt 1, as
@@ -106,6 +110,7 @@ impl RelayStatements {
         };
         RelayStatements {
             batch_size: constants.batch_size,
+            plan_max_age: RELAY_PLAN_MAX_AGE,
             relay: statement("select new_jobs.*, false as start from new_jobs"),
             relay_and_start: statement(
                 "select candidates.*,
@@ -113,14 +118,16 @@ impl RelayStatements {
                           and row_number() over (order by not startable, event_id) <= $1
                               as start
                    -- Due now, and no twin waits to take its events in (coalescing first).
-                   from (select new_jobs.*,
-                                run_at <= now()
-                                and not exists (select from jobs twin
-                                                where twin.kind = new_jobs.kind
-                                                  and twin.coalesce_key = new_jobs.coalesce_key
-                                                  and twin.status = 'pending'
-                                                  and twin.attempts = 0) as startable
-                         from new_jobs) as candidates",
+                   -- Looked up job by job (the lateral limit keeps the planner from hashing
+                   -- every waiting job, which a plan made on an empty table would keep).
+                   from (select new_jobs.*, run_at <= now() and twin.id is null as startable
+                         from new_jobs
+                         left join lateral (select twin.id from jobs twin
+                                            where twin.kind = new_jobs.kind
+                                              and twin.coalesce_key = new_jobs.coalesce_key
+                                              and twin.status = 'pending'
+                                              and twin.attempts = 0
+                                            limit 1) twin on true) as candidates",
             ),
         }
     }
@@ -129,7 +136,20 @@ impl RelayStatements {
     pub fn batch_size(&self) -> i64 {
         self.batch_size
     }
+
+    /// The same statements, planned again every `max_age` instead of
+    /// [`RELAY_PLAN_MAX_AGE`] (for tests).
+    pub fn replanned_every(mut self, max_age: Duration) -> Self {
+        self.plan_max_age = max_age;
+        self
+    }
 }
+
+/// How long a connection keeps the relay statements' plans. Planning the statement takes
+/// about as long as running it (a millisecond or so); once a second is noise beside a relay
+/// that runs it hundreds of times a second under load, and a plan made for an empty outbox
+/// lasts a second at most.
+pub const RELAY_PLAN_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The text of a relay statement: `made`, the kinds' selects; `chosen`, a select of
 /// `new_jobs` adding `start`, whether the job is created started.
@@ -154,10 +174,13 @@ fn relay_statement_text(
                                      for update skip locked))
              returning id, webhooks, replayed
          ), claimed as (
+             -- Event by event through the primary key, whatever the plan thinks of the
+             -- outbox's size (`offset 0` keeps the lookup apart): a plan made while the
+             -- outbox was nearly empty would otherwise hash all of it, every batch.
              select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
                     o.actor_id, o.request_id, o.occurred_at, r.webhooks, r.replayed
-             from outbox o
-             join relayed r on r.id = o.id
+             from relayed r
+             cross join lateral (select * from outbox where outbox.id = r.id offset 0) o
          ), new_jobs as (
              {made}
          ), inserted as (
@@ -221,11 +244,14 @@ pub async fn relay_and_start<C: AsClient>(
     statements: &RelayStatements,
     start: i64,
 ) -> Result<RelayedBatch, StoreError> {
+    let max_age = statements.plan_max_age;
     let row = if start > 0 {
-        db.query_typed_one(&statements.relay_and_start, &[(&start, Type::INT8)])
+        let count = [(&start as _, Type::INT8)];
+        db.query_typed_one_replanned(&statements.relay_and_start, &count, max_age)
             .await?
     } else {
-        db.query_typed_one(&statements.relay, &[]).await?
+        db.query_typed_one_replanned(&statements.relay, &[], max_age)
+            .await?
     };
     let held_ids: Vec<i64> = row.get("held_ids");
     let due_in_ms: Vec<i64> = row.get("held_due_in_ms");

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -139,10 +140,16 @@ impl<C: AsClient> Sql<C> {
         self.statements.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The connection's prepared statement for `sql`, when it keeps them.
-    async fn prepared(&self, sql: &str, types: &[Type]) -> Result<Option<Statement>, StoreError> {
+    /// The connection's prepared statement for `sql` (no older than `max_age`, if given),
+    /// when it keeps them.
+    async fn prepared(
+        &self,
+        sql: &str,
+        types: &[Type],
+        max_age: Option<Duration>,
+    ) -> Result<Option<Statement>, StoreError> {
         match self.client.cached() {
-            Some(cached) => Ok(Some(cached.prepared(sql, types).await?)),
+            Some(cached) => Ok(Some(cached.prepared(sql, types, max_age).await?)),
             None => Ok(None),
         }
     }
@@ -165,12 +172,18 @@ impl<C: AsClient> Sql<C> {
         Ok(result?)
     }
 
-    /// Runs a statement that returns rows: through the connection's prepared statement when
-    /// it keeps them, else unnamed in one round trip (see [`unnamed`]).
-    async fn rows(&self, sql: &str, params: Parameters<'_>) -> Result<Vec<Row>, StoreError> {
+    /// Runs a statement that returns rows: through the connection's prepared statement (no
+    /// older than `max_age`, if given) when it keeps them, else unnamed in one round trip
+    /// (see [`unnamed`]).
+    async fn rows(
+        &self,
+        sql: &str,
+        params: Parameters<'_>,
+        max_age: Option<Duration>,
+    ) -> Result<Vec<Row>, StoreError> {
         self.count();
         let client = self.client.as_client();
-        let result = match (self.prepared(sql, &params.types()).await?, params) {
+        let result = match (self.prepared(sql, &params.types(), max_age).await?, params) {
             (Some(statement), params) => client.query(&statement, &params.values()).await,
             (None, Parameters::Typed(typed)) => client.query_typed(sql, typed).await,
             (None, Parameters::Untyped(values)) => match unnamed(values) {
@@ -185,7 +198,7 @@ impl<C: AsClient> Sql<C> {
     async fn changes(&self, sql: &str, params: Parameters<'_>) -> Result<u64, StoreError> {
         self.count();
         let client = self.client.as_client();
-        let result = match (self.prepared(sql, &params.types()).await?, params) {
+        let result = match (self.prepared(sql, &params.types(), None).await?, params) {
             (Some(statement), params) => client.execute(&statement, &params.values()).await,
             (None, Parameters::Typed(typed)) => client.execute_typed(sql, typed).await,
             (None, Parameters::Untyped(values)) => match unnamed(values) {
@@ -197,11 +210,11 @@ impl<C: AsClient> Sql<C> {
     }
 
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        self.rows(sql, Parameters::Untyped(params)).await
+        self.rows(sql, Parameters::Untyped(params), None).await
     }
 
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        exactly_one(self.rows(sql, Parameters::Untyped(params)).await?)
+        exactly_one(self.rows(sql, Parameters::Untyped(params), None).await?)
     }
 
     pub async fn query_opt(
@@ -209,7 +222,7 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
-        at_most_one(self.rows(sql, Parameters::Untyped(params)).await?)
+        at_most_one(self.rows(sql, Parameters::Untyped(params), None).await?)
     }
 
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
@@ -222,7 +235,7 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Vec<Row>, StoreError> {
-        self.rows(sql, Parameters::Typed(params)).await
+        self.rows(sql, Parameters::Typed(params), None).await
     }
 
     /// [`Sql::query_one`] with the parameter types spelled out (see [`TypedParams`]).
@@ -231,7 +244,24 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Row, StoreError> {
-        exactly_one(self.rows(sql, Parameters::Typed(params)).await?)
+        exactly_one(self.rows(sql, Parameters::Typed(params), None).await?)
+    }
+
+    /// [`Sql::query_typed_one`] through a prepared statement made again once it is older than
+    /// `max_age`. For a statement Postgres plans once and keeps the plan of (no parameter, or
+    /// none that changes the plan): that plan was made for the tables' sizes when it was
+    /// prepared, and one made while a table was nearly empty (a new database) reads it whole
+    /// once it has grown. Planning again every `max_age` bounds how long such a plan lasts.
+    pub async fn query_typed_one_replanned(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+        max_age: Duration,
+    ) -> Result<Row, StoreError> {
+        exactly_one(
+            self.rows(sql, Parameters::Typed(params), Some(max_age))
+                .await?,
+        )
     }
 
     /// [`Sql::query_opt`] with the parameter types spelled out (see [`TypedParams`]).
@@ -240,7 +270,7 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<Option<Row>, StoreError> {
-        at_most_one(self.rows(sql, Parameters::Typed(params)).await?)
+        at_most_one(self.rows(sql, Parameters::Typed(params), None).await?)
     }
 
     /// [`Sql::execute`] with the parameter types spelled out (see [`TypedParams`]).

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::types::Type;
@@ -26,7 +27,8 @@ const MAX_STATEMENTS: usize = 256;
 /// A pooled connection: the client and its prepared statements.
 pub struct CachedClient {
     client: Client,
-    statements: Mutex<HashMap<String, Statement>>,
+    /// Each with when it was prepared.
+    statements: Mutex<HashMap<String, (Statement, Instant)>>,
     /// False behind a transaction pooler: nothing is prepared.
     keeps_statements: bool,
 }
@@ -51,21 +53,26 @@ impl CachedClient {
     }
 
     /// The prepared statement for `sql` (with these parameter types, if given), preparing it
-    /// on first use.
+    /// on first use, and again once it is older than `max_age` (if given): see
+    /// [`Sql::query_typed_one_replanned`](crate::Sql::query_typed_one_replanned).
     pub async fn prepared(
         &self,
         sql: &str,
         types: &[Type],
+        max_age: Option<Duration>,
     ) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(statement) = self.cache().get(sql) {
-            return Ok(statement.clone());
+        if let Some((statement, prepared_at)) = self.cache().get(sql) {
+            if max_age.is_none_or(|max_age| prepared_at.elapsed() < max_age) {
+                return Ok(statement.clone());
+            }
         }
+        // A statement replaced here is closed in Postgres once its last clone is dropped.
         let statement = self.client.prepare_typed(sql, types).await?;
         let mut cache = self.cache();
         if cache.len() >= MAX_STATEMENTS {
             cache.clear();
         }
-        cache.insert(sql.to_owned(), statement.clone());
+        cache.insert(sql.to_owned(), (statement.clone(), Instant::now()));
         Ok(statement)
     }
 
@@ -74,7 +81,7 @@ impl CachedClient {
         self.cache().remove(sql);
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Statement, Instant)>> {
         // The map holds no invariant a panic could break: recover it.
         self.statements
             .lock()

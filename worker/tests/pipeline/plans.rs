@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use reviews_db::jobs::{complete_jobs_sql, start_jobs_sql};
 use reviews_db::outbox::{relay_and_start, relay_pending_events};
+use reviews_db::sql::AsClient;
 use reviews_db::Bookkeeping;
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::relay::statements_for;
@@ -134,8 +135,35 @@ async fn reconciliation_re_checks_that_a_missing_job_is_still_pending() {
     assert_eq!(pending, [ids[0]]);
 }
 
+/// The relay statements on `conn` (split so that this query's own text, prepared too, does
+/// not match): the one that starts jobs (it has `$1`) or the other, with its name and how
+/// many generic and custom plans it has had.
+async fn relay_plans(conn: &reviews_db::Sql<impl AsClient>, starting: bool) -> (String, i64, i64) {
+    let row = conn
+        .query_one(
+            "select name, generic_plans, custom_plans from pg_prepared_statements
+             where statement like '%relay_' || 'settings%'
+               and (statement like '%<= $1%') = $1",
+            &[&starting],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn explain(conn: &reviews_db::Sql<impl AsClient>, execute: &str) -> String {
+    conn.query(&format!("explain (costs off) execute {execute}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[tokio::test]
-async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_pending_key() {
+async fn the_relay_statements_are_planned_once_and_their_plans_still_look_up_by_key_as_tables_grow()
+{
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let conn = p.db.conn().await.unwrap();
@@ -144,7 +172,8 @@ async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_p
         500,
         Duration::ZERO,
         Bookkeeping::Asynchronous,
-    );
+    )
+    .replanned_every(Duration::from_secs(3600));
     for i in 0..8 {
         p.add_reviews(product, authors(&format!("plain{i}-"), 1))
             .await;
@@ -157,25 +186,8 @@ async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_p
             .unwrap();
         assert_eq!(batch.events, 1);
     }
-    let plans = |starting: bool| {
-        let conn = &conn;
-        async move {
-            let row = conn
-                .query_one(
-                    // Split so that this query's own text (prepared too) does not match.
-                    "select name, generic_plans, custom_plans from pg_prepared_statements
-                     where statement like '%relay_' || 'settings%'
-                       and (statement like '%<= $1%') = $1",
-                    &[&starting],
-                )
-                .await
-                .unwrap();
-            let name: String = row.get(0);
-            (name, row.get::<_, i64>(1), row.get::<_, i64>(2))
-        }
-    };
     // Without parameters: one generic plan, never planned again.
-    let (plain, generic, custom) = plans(false).await;
+    let (plain, generic, custom) = relay_plans(&conn, false).await;
     assert_eq!(
         (generic, custom),
         (8, 0),
@@ -183,29 +195,55 @@ async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_p
     );
     // With the number to start as its one parameter, which changes no plan: Postgres tries
     // five custom plans, then keeps the generic one.
-    let (_, generic, custom) = plans(true).await;
+    let (starting, generic, custom) = relay_plans(&conn, true).await;
     assert!(
         generic >= 3 && custom <= 5,
         "{generic} generic, {custom} custom plans"
     );
 
-    // The plan kept was made while outbox_pending held one row at most; with a backlog it
-    // still claims through the table's key, in id order, and not by sorting the table.
+    // Those plans were made while the outbox and the jobs held a few rows. Now the tables
+    // grow (a backlog of events, many jobs waiting): the kept plans still claim through
+    // outbox_pending's key in id order, read the claimed events through the outbox's key and
+    // look for a waiting twin through the coalescing index, each row by row, instead of
+    // reading a whole table every batch.
     p.add_reviews(product, authors("backlog", 2000)).await;
-    let plan: Vec<String> = conn
-        .query(&format!("explain (costs off) execute {plain}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    p.sql(
+        "insert into jobs (kind, coalesce_key, payload)
+         select 'recompute_rating', gen_random_uuid()::text, '{}' from generate_series(1, 20000)",
+    )
+    .await;
+    for plan in [
+        explain(&conn, &plain).await,
+        explain(&conn, &format!("{starting}(3)")).await,
+    ] {
+        assert!(
+            plan.contains("Index Scan using outbox_pending_pkey on outbox_pending"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("Index Scan using outbox_pkey on outbox"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+        assert!(!plan.contains("Seq Scan on jobs"), "{plan}");
+    }
+    let plan = explain(&conn, &format!("{starting}(3)")).await;
     assert!(
-        plan.contains("Index Scan using outbox_pending_pkey on outbox_pending"),
+        plan.contains("Index Scan using jobs_coalesce on jobs twin"),
         "{plan}"
     );
-    let batch = relay_pending_events(&conn, &statements).await.unwrap();
-    assert_eq!(batch.events, 500);
+    assert_eq!(
+        relay_pending_events(&conn, &statements)
+            .await
+            .unwrap()
+            .events,
+        500
+    );
+    assert_eq!(
+        relay_and_start(&conn, &statements, 3).await.unwrap().events,
+        500
+    );
+
     // The worker's bookkeeping is written in too: these statements commit asynchronously.
     let written_in = conn
         .query_one(
@@ -218,4 +256,27 @@ async fn the_relay_statements_are_planned_once_per_connection_and_claim_by_the_p
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(written_in, 2);
+}
+
+#[tokio::test]
+async fn a_relay_plan_is_made_again_once_it_is_older_than_its_age() {
+    let p = TestPipeline::new().await;
+    let conn = p.db.conn().await.unwrap();
+    let statements = statements_for(
+        &JobRegistry::standard(),
+        500,
+        Duration::ZERO,
+        Bookkeeping::Synchronous,
+    )
+    .replanned_every(Duration::from_millis(200));
+    relay_pending_events(&conn, &statements).await.unwrap();
+    relay_pending_events(&conn, &statements).await.unwrap();
+    let (first, generic, _) = relay_plans(&conn, false).await;
+    assert_eq!(generic, 2, "reused while young");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    relay_pending_events(&conn, &statements).await.unwrap();
+    // A new statement, planned afresh; the old one is closed (one row, not two).
+    let (second, generic, _) = relay_plans(&conn, false).await;
+    assert_ne!(first, second);
+    assert_eq!(generic, 1);
 }
