@@ -137,11 +137,10 @@ pub struct Tuning {
     /// Let the relay start the jobs it makes for this worker's free slots and hand them to its
     /// runner, with their Redis leases taken in the enqueue's round trip: a job starts without
     /// a queue read or a start statement of its own. Jobs go through the queue as before when
-    /// no slot is free, other jobs wait in the queue, or a backlog of events waits. Off by
-    /// default: it cuts job start latency, but it is not yet measured enough to be the
-    /// default (docs/PERFORMANCE.md, run H).
+    /// no slot is free, other jobs wait in the queue, or a backlog of events waits. On by
+    /// default since run I of docs/PERFORMANCE.md (`false`: every job through the queue).
     #[arg(long = "relay-hand-off", env = "RELAY_HAND_OFF", value_name = "RELAY_HAND_OFF",
-          default_value_t = false, action = clap::ArgAction::Set)]
+          default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_hand_off: bool,
 }
 
@@ -157,7 +156,7 @@ impl Default for Tuning {
             reconcile_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             async_commit: true,
-            relay_hand_off: false,
+            relay_hand_off: true,
         }
     }
 }

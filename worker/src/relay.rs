@@ -6,7 +6,7 @@
 //! recompute interval go to the delayed set). If the enqueue fails, the jobs are still
 //! pending in Postgres and reconciliation enqueues them: delivery is at least once.
 //!
-//! The hand-off (`RELAY_HAND_OFF`, off by default: see docs/PERFORMANCE.md): when this
+//! The hand-off (`RELAY_HAND_OFF`, on by default: see docs/PERFORMANCE.md): when this
 //! worker's runner has free slots, the queue holds no unread entry and the last batch was not
 //! full (no backlog of events), the relay takes those slots first and its statement creates that
 //! many jobs started (their first attempt recorded, as a start statement would). The enqueue

@@ -168,8 +168,8 @@ impl TestPipeline {
                 reconcile_after: Duration::from_millis(500),
                 shutdown_grace: Duration::from_secs(5),
                 async_commit: true,
-                // On here, off by default: every scenario of this suite runs through the
-                // hand-off too, while the chaos suite runs the binaries' default.
+                // The default: hand_off.rs switches it off where a test needs every job to
+                // go through the queue.
                 relay_hand_off: true,
             },
             // What start() checks against the job timeout; the tests' webhook deliveries use
