@@ -44,10 +44,14 @@ pub struct RelayConstants {
 /// reuses the plan, where a parameter it could tailor a plan to (the batch size's `limit`,
 /// the interval that drops a sub-select when 0) makes it plan every call anew, which took
 /// as long as running the statement. The statement that starts jobs keeps one parameter,
-/// how many (`$1`): it changes neither plan, so Postgres settles on one after its first few
+/// how many (`$1`): it changes neither plan, so Postgres settles on one after its first five
 /// calls. A kept plan is made for the tables' sizes of its time: each connection prepares
-/// the statements again every [`RELAY_PLAN_MAX_AGE`], so that a plan made while the outbox
-/// was nearly empty does not read all of it once it has grown.
+/// the statements again once they are older than [`RELAY_PLAN_MAX_AGE`], so that whatever a
+/// plan assumed about a table that has grown since lasts a second at most (a plan made
+/// while the outbox was empty hashed all of it every batch once it had grown; now its
+/// lookups go row by row, see `plans.rs`). The statement that starts jobs then has its five
+/// custom plans again: noise under load, where the relay runs it hundreds of times a second;
+/// a relay that runs it less than five times a second plans it every call, as before.
 ///
 /// Each claims up to the batch size of pending events (skipping rows other workers hold),
 /// creates the jobs every kind makes of them, and takes the events off `outbox_pending`, all
@@ -65,6 +69,8 @@ pub struct RelayStatements {
     batch_size: i64,
     /// How long a connection keeps its plans of these statements.
     plan_max_age: Duration,
+    /// The commit mode written in (checked against the connection's in debug builds).
+    bookkeeping: Bookkeeping,
     /// Creates every job unstarted. No parameter.
     relay: String,
     /// Creates up to `$1` of the jobs that may run now started (attempt 1, as
@@ -90,6 +96,14 @@ impl RelayStatements {
                     name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                     "job kind names are [a-z_]+: {name:?}"
                 );
+                // A `$n` would bind to the start count, or to nothing.
+                assert!(
+                    !from_events
+                        .as_bytes()
+                        .windows(2)
+                        .any(|w| w[0] == b'$' && w[1].is_ascii_digit()),
+                    "a job kind's FROM_EVENTS takes no parameters (it reads relay_settings): {name}"
+                );
                 format!(
                     "(select '{name}'::text as kind, made.* from ({}\n) as made (event_id, coalesce_key, payload, run_at))",
                     from_events.trim_end()
@@ -111,6 +125,7 @@ impl RelayStatements {
         RelayStatements {
             batch_size: constants.batch_size,
             plan_max_age: RELAY_PLAN_MAX_AGE,
+            bookkeeping: constants.bookkeeping,
             relay: statement("select new_jobs.*, false as start from new_jobs"),
             relay_and_start: statement(
                 "select candidates.*,
@@ -145,10 +160,10 @@ impl RelayStatements {
     }
 }
 
-/// How long a connection keeps the relay statements' plans. Planning the statement takes
-/// about as long as running it (a millisecond or so); once a second is noise beside a relay
-/// that runs it hundreds of times a second under load, and a plan made for an empty outbox
-/// lasts a second at most.
+/// How long a connection keeps the relay statements' plans. Planning one takes about as
+/// long as running it (a millisecond or so): once a second is noise beside a relay that runs
+/// it hundreds of times a second under load, and a plan made for tables that have grown
+/// since lasts a second at most.
 pub const RELAY_PLAN_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The text of a relay statement: `made`, the kinds' selects; `chosen`, a select of
@@ -244,6 +259,11 @@ pub async fn relay_and_start<C: AsClient>(
     statements: &RelayStatements,
     start: i64,
 ) -> Result<RelayedBatch, StoreError> {
+    debug_assert_eq!(
+        statements.bookkeeping.setting(),
+        db.commit_setting(),
+        "relay statements written for another commit mode than this connection's"
+    );
     let max_age = statements.plan_max_age;
     let row = if start > 0 {
         let count = [(&start as _, Type::INT8)];

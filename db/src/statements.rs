@@ -69,7 +69,7 @@ impl CachedClient {
         // A statement replaced here is closed in Postgres once its last clone is dropped.
         let statement = self.client.prepare_typed(sql, types).await?;
         let mut cache = self.cache();
-        if cache.len() >= MAX_STATEMENTS {
+        if cache.len() >= MAX_STATEMENTS && !cache.contains_key(sql) {
             cache.clear();
         }
         cache.insert(sql.to_owned(), (statement.clone(), Instant::now()));
