@@ -133,8 +133,8 @@ impl RelayStatements {
                           and row_number() over (order by not startable, event_id) <= $1
                               as start
                    -- Due now, and no twin waits to take its events in (coalescing first).
-                   -- Looked up job by job (the lateral limit keeps the planner from hashing
-                   -- every waiting job, which a plan made on an empty table would keep).
+                   -- Looked up job by job (the lateral limit keeps a plan made on an empty
+                   -- table from hashing every waiting job for as long as it is kept).
                    from (select new_jobs.*, run_at <= now() and twin.id is null as startable
                          from new_jobs
                          left join lateral (select twin.id from jobs twin
@@ -189,9 +189,10 @@ fn relay_statement_text(
                                      for update skip locked))
              returning id, webhooks, replayed
          ), claimed as (
-             -- Event by event through the primary key, whatever the plan thinks of the
-             -- outbox's size (`offset 0` keeps the lookup apart): a plan made while the
-             -- outbox was nearly empty would otherwise hash all of it, every batch.
+             -- Event by event (`offset 0` keeps the lookup apart): a plan made while the
+             -- outbox was new and nearly empty would otherwise hash all of it, every batch.
+             -- (Statistics of a tiny outbox can still make each lookup read it whole, until
+             -- the plan is made again: RELAY_PLAN_MAX_AGE.)
              select o.id, o.event_id, o.event_type, o.review_id, o.product_id, o.payload,
                     o.actor_id, o.request_id, o.occurred_at, r.webhooks, r.replayed
              from relayed r
