@@ -7,20 +7,12 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use reviews_worker::jobs::{JobContext, JobRegistry};
 
-use reviews_db::Bookkeeping;
-use reviews_worker::relay::statements_for;
-
 use crate::support::*;
 
 /// Relays what is pending and starts every pending job (attempt 1), as a runner would.
 async fn relay_and_start(p: &TestPipeline) -> Vec<reviews_db::jobs::StartedJob> {
     let conn = p.db.conn().await.unwrap();
-    let statements = statements_for(
-        &JobRegistry::standard(),
-        500,
-        Duration::ZERO,
-        Bookkeeping::Synchronous,
-    );
+    let statements = p.relay_statements(&JobRegistry::standard());
     reviews_db::outbox::relay_pending_events(&conn, &statements)
         .await
         .unwrap();
@@ -223,12 +215,7 @@ async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let conn = p.db.conn().await.unwrap();
-    let statements = statements_for(
-        &JobRegistry::standard(),
-        500,
-        Duration::ZERO,
-        Bookkeeping::Synchronous,
-    );
+    let statements = p.relay_statements(&JobRegistry::standard());
     let relay = |start: i64| {
         let (conn, statements) = (&conn, &statements);
         async move {

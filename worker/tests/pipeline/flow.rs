@@ -103,12 +103,7 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     p.add_reviews(product, authors("r", 50)).await;
-    let statements = statements_for(
-        &JobRegistry::standard(),
-        500,
-        Duration::ZERO,
-        Bookkeeping::Synchronous,
-    );
+    let statements = p.relay_statements(&JobRegistry::standard());
 
     let batch = {
         let conn = p.db.conn().await.unwrap();

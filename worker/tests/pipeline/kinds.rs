@@ -2,13 +2,9 @@
 //! the README, and a payload its handler reads whole.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use reviews_worker::jobs::JobRegistry;
 use serde_json::Value;
-
-use reviews_db::Bookkeeping;
-use reviews_worker::relay::statements_for;
 
 use crate::support::*;
 
@@ -45,7 +41,7 @@ async fn every_kind_the_relay_makes_has_a_handler_a_retry_policy_and_a_readme_li
     let registry = JobRegistry::standard();
     {
         let conn = p.db.conn().await.unwrap();
-        let statements = statements_for(&registry, 500, Duration::ZERO, Bookkeeping::Synchronous);
+        let statements = p.relay_statements(&registry);
         reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap();
@@ -113,7 +109,7 @@ async fn every_payload_the_relay_writes_reads_into_its_kinds_type_whole() {
     let registry = JobRegistry::standard();
     {
         let conn = p.db.conn().await.unwrap();
-        let statements = statements_for(&registry, 500, Duration::ZERO, Bookkeeping::Synchronous);
+        let statements = p.relay_statements(&registry);
         reviews_db::outbox::relay_pending_events(&conn, &statements)
             .await
             .unwrap();

@@ -13,10 +13,12 @@ use reviews_db::{Db, DbArgs};
 use reviews_service::LogFormat;
 use std::collections::HashMap;
 
+use reviews_db::outbox::RelayStatements;
 use reviews_service::redis::{ClusterSeeds, Connection, Redis, RedisTarget};
 use reviews_worker::config::{RedisArgs, Tuning, WorkerArgs};
 pub use reviews_worker::jobs::ledger::{MemoryLedger, Run};
 use reviews_worker::jobs::JobRegistry;
+use reviews_worker::relay::statements_for;
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -204,6 +206,12 @@ impl TestPipeline {
             ledger,
             stop: Some(stop),
         }
+    }
+
+    /// The relay's statements for `registry` as the tests run them: batches of 500, no
+    /// recompute interval, committing as this pipeline's pool does.
+    pub fn relay_statements(&self, registry: &JobRegistry) -> RelayStatements {
+        statements_for(registry, 500, Duration::ZERO, self.db.bookkeeping())
     }
 
     pub async fn client(&self) -> Client {
