@@ -189,11 +189,13 @@ impl Relay {
         }
         hand_off.run(reserved, handed);
         if !started.is_empty() {
-            // The queue delivers every job it was given; should one be missing, it goes
-            // through the queue like any other.
-            tracing::warn!(
+            // The queue held them already: a reconciler queued them between this relay's
+            // commit and its enqueue, and another runner may have started them since. Their
+            // attempts are given back (unless that runner's start came first) and they stay
+            // the queue's, like any other job.
+            tracing::info!(
                 jobs = started.len(),
-                "started jobs were not handed over; enqueueing them"
+                "started jobs were queued before their hand-off; the queue runs them"
             );
             self.enqueue_instead(started).await;
         }

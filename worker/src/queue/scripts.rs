@@ -9,8 +9,11 @@
 /// The jobs to hand over are added and read for the consumer (their lease) only when the
 /// group has delivered every entry of the stream: a read takes the oldest entries not yet
 /// delivered, so only then are those the new ones. Otherwise they are not added at all, and
-/// the caller gives their attempts back before it enqueues them. Returns how many of the
-/// other jobs were added, and the entry and job ids handed over (none when refused).
+/// the caller gives their attempts back before it enqueues them. A job the queue holds
+/// already is not handed over either: a reconciler found it pending and unknown to the queue
+/// between the relay's commit and this call, and queued it, and another runner may hold it
+/// now; a second entry would run it twice. Returns how many of the other jobs were added,
+/// and the entry and job ids handed over (none when refused).
 pub const ENQUEUE: &str = r"
 local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local function later(a, b)
@@ -31,15 +34,20 @@ if n > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
     end
   end
   if caught_up then
+    local fresh = 0
     for i = 4, 3 + n do
-      redis.call('SADD', KEYS[2], ARGV[i])
-      redis.call('XADD', KEYS[1], '*', 'job', ARGV[i])
+      if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+        redis.call('XADD', KEYS[1], '*', 'job', ARGV[i])
+        fresh = fresh + 1
+      end
     end
-    local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
-                            'STREAMS', KEYS[1], '>')
-    for _, entry in ipairs(read[1][2]) do
-      handed[#handed + 1] = entry[1]
-      handed[#handed + 1] = entry[2][2]
+    if fresh > 0 then
+      local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', fresh,
+                              'STREAMS', KEYS[1], '>')
+      for _, entry in ipairs(read[1][2]) do
+        handed[#handed + 1] = entry[1]
+        handed[#handed + 1] = entry[2][2]
+      end
     end
   end
 end

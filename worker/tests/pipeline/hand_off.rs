@@ -163,3 +163,50 @@ async fn jobs_made_while_the_queue_has_unread_entries_wait_behind_them_with_thei
     p.assert_ratings_match_reviews().await;
     assert_eq!(queue.depth().await.unwrap().known, 0, "nothing left queued");
 }
+
+#[tokio::test]
+async fn a_started_job_a_reconciler_queued_before_its_hand_off_is_not_handed_over_twice() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let queue = p.queue();
+    queue.ensure_group().await.unwrap();
+    let conn = p.db.conn().await.unwrap();
+    let statements = p.relay_statements(&JobRegistry::standard());
+    p.add_reviews(product, authors("r", 2)).await;
+    // The relay's statement makes its jobs started, for its own runner...
+    let batch = reviews_db::outbox::relay_and_start(&conn, &statements, 10)
+        .await
+        .unwrap();
+    let started: Vec<i64> = batch.started.iter().map(|job| job.id).collect();
+    assert_eq!(started.len(), 2, "a notify job and a rating job: {batch:?}");
+    // ...and before its enqueue reaches Redis, a reconciler finds the first pending and
+    // unknown to the queue and queues it, and another runner reads it.
+    queue.enqueue(&started[..1]).await.unwrap();
+    let mut other = queue.blocking_connection().await.unwrap();
+    let read = queue
+        .read(&mut other, "another-runner", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+
+    // The hand-off leases only the job the queue did not hold: one entry, one lease, each.
+    let (_, handed) = queue
+        .hand_off_and_enqueue("relay-runner", &started, &[], &[])
+        .await
+        .unwrap();
+    let handed: Vec<i64> = handed
+        .expect("the group had delivered every entry")
+        .iter()
+        .map(|delivery| delivery.job_id)
+        .collect();
+    assert_eq!(handed, started[1..]);
+    assert_eq!(queue.depth().await.unwrap().stream, 2, "one entry per job");
+
+    // Held by the queue already, every job it is given to hand over: none is.
+    let (_, handed) = queue
+        .hand_off_and_enqueue("relay-runner", &started, &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(handed, None);
+    assert_eq!(queue.depth().await.unwrap().stream, 2);
+}
