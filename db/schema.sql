@@ -11,19 +11,17 @@ declare
 begin
     perform complete_jobs_fenced(p_ids, p_attempts, p_commit);
     perform pg_advisory_xact_lock(hashtextextended(product_id::text, lock_key_rating_recompute()))
-    from (select distinct (payload->>'product_id')::uuid as product_id
+    from (select distinct e.product_id
           from unnest(p_payloads) as jobs (payload)
+          cross join lateral rating_job_products(payload) e
           order by 1) products;
     with deltas as (
-        select (payload->>'product_id')::uuid as product_id,
-               sum((payload->'stars'->>0)::integer) as s1,
-               sum((payload->'stars'->>1)::integer) as s2,
-               sum((payload->'stars'->>2)::integer) as s3,
-               sum((payload->'stars'->>3)::integer) as s4,
-               sum((payload->'stars'->>4)::integer) as s5
+        select e.product_id,
+               sum(e.stars[1]) as s1, sum(e.stars[2]) as s2, sum(e.stars[3]) as s3,
+               sum(e.stars[4]) as s4, sum(e.stars[5]) as s5
         from unnest(p_payloads) as jobs (payload)
-        where jsonb_typeof(payload->'stars') = 'array'
-          and not coalesce((payload->>'recompute')::boolean, false)
+        cross join lateral rating_job_products(payload) e
+        where not e.recompute
         group by 1
     ), applied as (
         insert into product_ratings as pr
@@ -48,10 +46,10 @@ begin
     )
     select count(pg_notify('rating_changed', product_id::text)) into v_applied from applied;
     for v_product in
-        select distinct (payload->>'product_id')::uuid
+        select distinct e.product_id
         from unnest(p_payloads) as jobs (payload)
-        where jsonb_typeof(payload->'stars') <> 'array'
-           or coalesce((payload->>'recompute')::boolean, false)
+        cross join lateral rating_job_products(payload) e
+        where e.recompute
         order by 1
     loop
         perform recompute_product_rating(v_product);
@@ -227,16 +225,40 @@ CREATE FUNCTION public.merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb)
     AS $$
     select case
         when p_kind <> 'recompute_rating' then p_old
-        when jsonb_typeof(p_old->'stars') <> 'array' or jsonb_typeof(p_new->'stars') <> 'array'
-            then p_new || '{"recompute": true}'
-        else p_new || jsonb_build_object(
-            'stars', (select jsonb_agg(o.v::integer + n.v::integer order by o.i)
-                      from jsonb_array_elements_text(p_old->'stars') with ordinality o (v, i)
-                      join jsonb_array_elements_text(p_new->'stars') with ordinality n (v, i)
-                        on n.i = o.i),
-            'recompute', coalesce((p_old->>'recompute')::boolean, false)
-                         or coalesce((p_new->>'recompute')::boolean, false))
+        else (p_new - 'product_id' - 'stars' - 'recompute') || jsonb_build_object(
+            'products', (
+                select jsonb_agg(case when recompute
+                                      then jsonb_build_object('product_id', product_id,
+                                                              'recompute', true)
+                                      else jsonb_build_object('product_id', product_id,
+                                                              'stars', to_jsonb(stars),
+                                                              'recompute', false) end
+                                 order by product_id)
+                from (select e.product_id, bool_or(e.recompute) as recompute,
+                             array[sum(e.stars[1]), sum(e.stars[2]), sum(e.stars[3]),
+                                   sum(e.stars[4]), sum(e.stars[5])]::integer[] as stars
+                      from (select * from rating_job_products(p_old)
+                            union all
+                            select * from rating_job_products(p_new)) as e
+                      group by e.product_id) as merged))
     end
+$$;
+
+CREATE FUNCTION public.rating_job_products(p_payload jsonb) RETURNS TABLE(product_id uuid, stars integer[], recompute boolean)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select (e->>'product_id')::uuid,
+           case when jsonb_typeof(e->'stars') = 'array'
+                then array[(e->'stars'->>0)::integer, (e->'stars'->>1)::integer,
+                           (e->'stars'->>2)::integer, (e->'stars'->>3)::integer,
+                           (e->'stars'->>4)::integer] end,
+           jsonb_typeof(e->'stars') is distinct from 'array'
+               or coalesce((e->>'recompute')::boolean, false)
+               or coalesce((p_payload->>'recompute')::boolean, false)
+    from jsonb_array_elements(case when jsonb_typeof(p_payload->'products') = 'array'
+                                   then p_payload->'products'
+                                   else jsonb_build_array(p_payload) end) as e
 $$;
 
 CREATE FUNCTION public.recompute_product_rating(p_product_id uuid) RETURNS void
@@ -264,14 +286,15 @@ begin
         cross join lateral review_rating_deltas(o.payload) d
         where not op.replayed and d.product_id = p_product_id
         union all
-        -- Rating jobs relayed and not applied yet.
-        select stars.rating, -(j.payload->'stars'->>(stars.rating - 1))::integer
+        -- Rating jobs relayed and not applied yet: a batch's (no key) and a held-back one's
+        -- (the product's key).
+        select stars.rating, -e.stars[stars.rating]
         from jobs j
+        cross join lateral rating_job_products(j.payload) e
         cross join generate_series(1, 5) as stars (rating)
         where j.kind = 'recompute_rating' and j.status = 'pending'
-          and j.coalesce_key = p_product_id::text
-          and jsonb_typeof(j.payload->'stars') = 'array'
-          and not coalesce((j.payload->>'recompute')::boolean, false)
+          and (j.coalesce_key is null or j.coalesce_key = p_product_id::text)
+          and e.product_id = p_product_id and not e.recompute
     ) as counted (rating, n)
     having exists (select 1 from products where id = p_product_id)
     on conflict (product_id) do update

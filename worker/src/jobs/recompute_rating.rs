@@ -1,14 +1,19 @@
-//! `recompute_rating`: keeps a product's rating summary. Each review event carries its delta
+//! `recompute_rating`: keeps products' rating summaries. Each review event carries its delta
 //! (+1 in the new rating's bucket of the new product, -1 in the old rating's of the old one);
-//! the relay sums a batch's deltas per product into one job (the coalesce key is the
-//! product; a job that waits unstarted takes newer deltas in), and the jobs started together
-//! add their deltas to the summaries, and are marked done, in one statement: exactly once.
+//! the relay sums a batch's deltas per product into one job for the batch, and the jobs
+//! started together add their deltas to the summaries, and are marked done, in one
+//! statement: exactly once.
 //!
-//! A job recomputes its product instead (the reviews counted, less the deltas still on their
-//! way: exact whatever runs beside it) when its events were replayed, when it comes back from
-//! a dead letter (or one was merged into it), or when it was written before deltas (no
-//! `stars`). A job handed back unrun into a twin that waits adds its deltas to the twin's
-//! (db/migrations/0017). scripts/repair-ratings runs the same recompute for every product.
+//! With `RATING_RECOMPUTE_INTERVAL` set, a product whose summary changed less than the
+//! interval ago gets a job of its own, held back until the interval has passed, keyed by the
+//! product (a job that waits unstarted takes newer deltas in).
+//!
+//! A product recomputes instead (the reviews counted, less the deltas still on their way:
+//! exact whatever runs beside it) when its events were replayed, when its job comes back
+//! from a dead letter (or one was merged into it), or when the job was written before deltas
+//! (no `stars`). A held-back job handed back unrun into a twin that waits adds its deltas to
+//! the twin's (db/migrations/0017, 0018). scripts/repair-ratings runs the same recompute
+//! for every product.
 
 use reviews_db::ratings::apply_rating_jobs;
 use reviews_db::Db;
@@ -21,18 +26,47 @@ pub struct RecomputeRating;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Payload {
-    pub product_id: uuid::Uuid,
-    /// The newest event of the product in the relay's batch (for the logs).
+    /// The products whose summaries the job changes. Absent in jobs written before one job
+    /// per batch (db/migrations/0018): those name one product with the fields below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<Vec<ProductDeltas>>,
+    /// The one product of a job written before one job per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<uuid::Uuid>,
+    /// The newest event of the batch (for the logs).
     pub event_id: Option<uuid::Uuid>,
     pub actor_id: Option<String>,
     pub request_id: Option<String>,
-    /// How many reviews the events add to (or, negative, take from) each star bucket, 1 to
-    /// 5. Absent in jobs written before deltas: those recompute.
+    /// The deltas of a job written before one job per batch (absent before deltas too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stars: Option<[i32; 5]>,
-    /// Recompute instead of adding `stars` (replayed events, a dead letter replayed).
+    /// Recompute every product instead of adding deltas (a dead letter replayed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute: bool,
+}
+
+/// One product of a rating job.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProductDeltas {
+    pub product_id: uuid::Uuid,
+    /// How many reviews the events add to (or, negative, take from) each star bucket, 1 to
+    /// 5. Absent when the product recomputes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stars: Option<[i32; 5]>,
+    /// Recompute instead of adding `stars` (replayed events, a job merged into after a
+    /// failure).
     #[serde(default)]
     pub recompute: bool,
+}
+
+impl Payload {
+    /// Whether the payload names a product to change (else it is refused: it can do nothing).
+    fn names_a_product(&self) -> bool {
+        match &self.products {
+            Some(products) => !products.is_empty(),
+            None => self.product_id.is_some(),
+        }
+    }
 }
 
 impl JobKind for RecomputeRating {
@@ -41,23 +75,17 @@ impl JobKind for RecomputeRating {
     const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
     const IN_BATCHES: bool = true;
     const COMPLETES_ITSELF: bool = true;
-    // One job per product whose buckets the batch changes (an update that moves a review to
-    // another product changes both; one that keeps its product and rating changes none),
-    // with the sum of the events' deltas and, for the logs, the newest event. Replayed
-    // events recompute. With an interval set, due no sooner than the interval after the
-    // product's summary last changed (greatest() skips the null of a product without one).
+    // One job for the batch, with the sum of its events' deltas for each product whose
+    // buckets they change (an update that moves a review to another product changes both;
+    // one that keeps its product and rating changes none) and, for the logs, the newest
+    // event. Replayed events recompute their products. With an interval set, a product whose
+    // summary changed less than the interval ago gets a job of its own instead, due the
+    // interval after that change and keyed by the product, which its later events join
+    // while it waits (greatest() skips the null of a product without a summary).
     const FROM_EVENTS: &'static str = "
-        select newest_event, product_id::text,
-               jsonb_build_object('product_id', product_id, 'event_id', newest_event,
-                                  'actor_id', actor_id, 'request_id', request_id,
-                                  'stars', to_jsonb(stars), 'recompute', recompute),
-               case when s.recompute_interval_ms > 0
-                    then greatest(now(), (select pr.updated_at from product_ratings pr
-                                          where pr.product_id = per_product.product_id)
-                                         + s.recompute_interval_ms * interval '1 millisecond')
-                    else now() end
-        from relay_settings s, (
+        with per_product as (
             select d.product_id,
+                   max(c.id) as newest_id,
                    (array_agg(c.event_id order by c.id desc))[1] as newest_event,
                    (array_agg(c.actor_id order by c.id desc))[1] as actor_id,
                    (array_agg(c.request_id order by c.id desc))[1] as request_id,
@@ -68,37 +96,75 @@ impl JobKind for RecomputeRating {
                          coalesce(sum(d.delta) filter (where d.rating = 5), 0)]::int4[] as stars,
                    bool_or(c.replayed) as recompute
             from claimed c
-            cross join lateral review_rating_deltas(c.payload) d
+            -- review_rating_deltas(c.payload), written out: Postgres cannot inline a function
+            -- of two selects, and calling it took about half of this select's time.
+            cross join lateral (values
+                ((c.payload->'old'->>'product_id')::uuid, (c.payload->'old'->>'rating')::int4, -1),
+                ((c.payload->'new'->>'product_id')::uuid, (c.payload->'new'->>'rating')::int4, 1)
+            ) as d (product_id, rating, delta)
             where d.product_id is not null
             group by d.product_id
-        ) per_product
-        where recompute or stars <> '{0,0,0,0,0}'";
+        ), changed as (
+            select p.*,
+                   jsonb_build_object('product_id', p.product_id, 'stars', to_jsonb(p.stars),
+                                      'recompute', p.recompute) as entry,
+                   case when s.recompute_interval_ms > 0
+                        then greatest(now(), (select pr.updated_at from product_ratings pr
+                                              where pr.product_id = p.product_id)
+                                             + s.recompute_interval_ms * interval '1 millisecond')
+                        else now() end as run_at
+            from relay_settings s, per_product p
+            where p.recompute or p.stars <> '{0,0,0,0,0}'
+        )
+        select (array_agg(newest_event order by newest_id desc))[1], null::text,
+               jsonb_build_object('products', jsonb_agg(entry order by product_id),
+                                  'event_id', (array_agg(newest_event order by newest_id desc))[1],
+                                  'actor_id', (array_agg(actor_id order by newest_id desc))[1],
+                                  'request_id', (array_agg(request_id order by newest_id desc))[1]),
+               now()
+        from changed
+        where run_at <= now()
+        having count(*) > 0
+        union all
+        select newest_event, product_id::text,
+               jsonb_build_object('products', jsonb_build_array(entry), 'event_id', newest_event,
+                                  'actor_id', actor_id, 'request_id', request_id),
+               run_at
+        from changed
+        where run_at > now()";
 
     /// Adds the jobs' deltas (or recomputes) and marks them done, in one statement; a failed
-    /// statement changes nothing and fails (and retries) them all.
+    /// statement changes nothing and fails (and retries) them all. A job that names no
+    /// product fails for good on its own.
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
-        let settled: Result<Vec<_>, serde_json::Error> = jobs
-            .iter()
-            .map(|job| Ok((job.fencing(), serde_json::to_value(&job.payload)?)))
-            .collect();
-        let settled = match settled {
-            Ok(settled) => settled,
-            Err(error) => {
-                let message = format!("payload does not serialise: {error}");
-                return jobs
-                    .iter()
-                    .map(|_| Err(JobError::Permanent(anyhow::anyhow!("{message}"))))
-                    .collect();
+        let mut settled = Vec::with_capacity(jobs.len());
+        let mut refused = Vec::new();
+        for job in &jobs {
+            let payload = if job.payload.names_a_product() {
+                serde_json::to_value(&job.payload)
+                    .map_err(|e| format!("payload does not serialise: {e}"))
+            } else {
+                Err("its payload names no product (neither a products list with entries nor a product_id)".to_owned())
+            };
+            match payload {
+                Ok(payload) => settled.push((job.fencing(), payload)),
+                Err(why) => refused.push((job.id, why)),
             }
-        };
+        }
         let applied = async {
             let conn = db.conn().await?;
             apply_rating_jobs(&conn, &settled).await
         }
         .await;
         if applied.is_ok() {
-            tracing::debug!(jobs = jobs.len(), "rating summaries updated");
+            tracing::debug!(jobs = settled.len(), "rating summaries updated");
         }
-        all_or_none(jobs.len(), applied)
+        let mut applied = all_or_none(settled.len(), applied).into_iter();
+        jobs.iter()
+            .map(|job| match refused.iter().find(|(id, _)| *id == job.id) {
+                Some((_, why)) => Err(JobError::Permanent(anyhow::anyhow!("{why}"))),
+                None => applied.next().expect("one result per applied job"),
+            })
+            .collect()
     }
 }

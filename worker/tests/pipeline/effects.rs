@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use reviews_worker::jobs::{JobContext, JobRegistry};
+use reviews_worker::jobs::{JobContext, JobError, JobRegistry};
+use reviews_worker::relay::statements_for;
 
 use crate::support::*;
 
@@ -158,8 +159,11 @@ async fn summaries_kept_by_deltas_equal_the_aggregate_after_random_inserts_updat
     worker.stop().await;
     p.assert_ratings_match_reviews().await;
     assert!(
-        p.count("select count(*) from jobs where kind = 'recompute_rating' and payload ? 'stars'")
-            .await
+        p.count(
+            "select count(*) from jobs, rating_job_products(payload) e
+             where kind = 'recompute_rating' and e.stars is not null"
+        )
+        .await
             > 0,
         "the summaries were kept by deltas"
     );
@@ -183,14 +187,21 @@ async fn replayed_events_and_a_replayed_dead_letter_recompute_instead_of_adding_
     p.wait_until_idle(Duration::from_secs(20)).await;
     p.assert_ratings_match_reviews().await;
     assert_eq!(
-        p.count("select count(*) from jobs where kind = 'recompute_rating' and (payload->>'recompute')::boolean")
-            .await,
+        p.count(
+            "select count(*) from jobs, rating_job_products(payload) e
+             where kind = 'recompute_rating' and e.recompute"
+        )
+        .await,
         1
     );
 
     // A rating job that died: replaying its dead letter recomputes too.
     let done: i64 = p
-        .count("select min(id) from jobs where kind = 'recompute_rating' and not (payload->>'recompute')::boolean")
+        .count(
+            "select min(id) from jobs
+             where kind = 'recompute_rating'
+               and not exists (select from rating_job_products(payload) e where e.recompute)",
+        )
         .await;
     p.sql(&format!(
         "update jobs set status = 'dead' where id = {done};
@@ -211,32 +222,42 @@ async fn replayed_events_and_a_replayed_dead_letter_recompute_instead_of_adding_
 }
 
 #[tokio::test]
-async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_a_recompute() {
+async fn a_held_back_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_a_recompute(
+) {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let conn = p.db.conn().await.unwrap();
-    let statements = p.relay_statements(&JobRegistry::standard());
-    let relay = |start: i64| {
-        let (conn, statements) = (&conn, &statements);
-        async move {
-            reviews_db::outbox::relay_and_start(conn, statements, start)
-                .await
-                .unwrap()
-        }
+    // With an interval, the product's summary changed just now: its jobs are held back, one
+    // per product, keyed by it (a batch's job has no key and no twin).
+    let statements = statements_for(
+        &JobRegistry::standard(),
+        500,
+        Duration::from_secs(3600),
+        p.db.bookkeeping(),
+    );
+    p.sql(&format!("select recompute_product_rating('{product}')"))
+        .await;
+    let relay = || async {
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
+            .await
+            .unwrap()
     };
 
-    // A review's rating job, started by the relay (attempt 1)...
+    // A held-back rating job, started by a runner (attempt 1) once due...
     p.add_reviews(product, authors("first", 2)).await;
-    let first = relay(10).await;
-    let started: Vec<_> = first
-        .started
-        .iter()
-        .filter(|job| job.kind == "recompute_rating")
-        .collect();
-    assert_eq!(started.len(), 1, "{:?}", first.started);
+    let first = relay().await;
+    let [(held, _)] = first.held_back[..] else {
+        panic!("one job held back: {first:?}");
+    };
+    p.sql(&format!("update jobs set run_at = now() where id = {held}"))
+        .await;
+    let started = reviews_db::jobs::start_jobs(&conn, &[held], 10)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
     // ...and, while it runs, newer events: their job waits unstarted beside it.
     p.add_reviews(product, authors("second", 3)).await;
-    let second = relay(0).await;
+    let second = relay().await;
     assert_eq!(second.events, 3);
     let waiting: Vec<i64> = p
         .column("select id from jobs where kind = 'recompute_rating' and attempts = 0")
@@ -249,18 +270,27 @@ async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_
         .unwrap());
     let stars: Vec<String> = p
         .column(&format!(
-            "select (payload->'stars')::text || ' ' || (payload->>'recompute') from jobs where id = {}",
+            "select e.stars::text || ' ' || e.recompute from jobs, rating_job_products(payload) e
+             where id = {}",
             waiting[0]
         ))
         .await;
+    assert_eq!(stars.len(), 1, "one product: {stars:?}");
     let added = p
         .count(&format!(
-            "select sum(v::int)::int8 from jobs, jsonb_array_elements_text(payload->'stars') v where id = {}",
+            "select sum(v)::int8 from jobs, rating_job_products(payload) e, unnest(e.stars) v
+             where id = {}",
             waiting[0]
         ))
         .await;
     assert_eq!(added, 5, "both jobs' deltas: {stars:?}");
     assert!(stars[0].ends_with(" false"), "no recompute: {stars:?}");
+    // Due now, as the interval would have made it.
+    p.sql(&format!(
+        "update jobs set run_at = now() where id = {}",
+        waiting[0]
+    ))
+    .await;
 
     // Run: the summary counts all five reviews, each once, by deltas alone.
     let worker = p.start_worker().await;
@@ -268,8 +298,11 @@ async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_
     worker.stop().await;
     p.assert_ratings_match_reviews().await;
     assert_eq!(
-        p.count("select count(*) from jobs where (payload->>'recompute')::boolean")
-            .await,
+        p.count(
+            "select count(*) from jobs, rating_job_products(payload) e
+             where kind = 'recompute_rating' and e.recompute"
+        )
+        .await,
         0,
         "nothing recomputed"
     );
@@ -280,4 +313,126 @@ async fn a_rating_job_handed_back_into_its_waiting_twin_adds_its_deltas_without_
         .await,
         5
     );
+}
+
+#[tokio::test]
+async fn rating_jobs_written_before_one_job_per_batch_still_add_their_deltas_or_recompute() {
+    let p = TestPipeline::new().await;
+    let with_deltas = p.create_product("owner").await;
+    let without = p.create_product("owner").await;
+    p.add_reviews(with_deltas, authors("a", 3)).await;
+    p.add_reviews(without, authors("b", 2)).await;
+    // Relayed by an older worker: one job per product, its fields at the top of the payload;
+    // the second was written before deltas (no stars): it recomputes.
+    p.sql(&format!(
+        "delete from outbox_pending;
+         insert into jobs (kind, coalesce_key, payload)
+         select 'recompute_rating', product_id::text,
+                jsonb_build_object('product_id', product_id, 'event_id', null,
+                                   'stars', jsonb_build_array(
+                                       count(*) filter (where rating = 1),
+                                       count(*) filter (where rating = 2),
+                                       count(*) filter (where rating = 3),
+                                       count(*) filter (where rating = 4),
+                                       count(*) filter (where rating = 5)),
+                                   'recompute', false)
+         from reviews where product_id = '{with_deltas}' group by product_id;
+         insert into jobs (kind, coalesce_key, payload)
+         values ('recompute_rating', '{without}', jsonb_build_object('product_id', '{without}'::uuid));
+         select pg_notify('jobs', '')"
+    ))
+    .await;
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    p.assert_ratings_match_reviews().await;
+    assert_eq!(
+        p.count("select count(*) from jobs where status = 'done'")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_job_written_before_one_job_per_batch_merges_into_a_held_back_twin_by_product() {
+    let p = TestPipeline::new().await;
+    let merged: Vec<serde_json::Value> = p
+        .column(
+            "select merge_job_payloads('recompute_rating', old, new)
+             from (values
+                 ('{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
+                    \"stars\": [1, 0, 0, 0, 2], \"recompute\": false}'::jsonb,
+                  '{\"products\": [{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
+                                    \"stars\": [0, 3, 0, 0, -1], \"recompute\": false}],
+                    \"event_id\": \"00000000-0000-0000-0000-00000000000e\"}'::jsonb),
+                 ('{\"product_id\": \"00000000-0000-0000-0000-000000000001\"}'::jsonb,
+                  '{\"products\": [{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
+                                    \"stars\": [0, 3, 0, 0, -1], \"recompute\": false}]}'::jsonb)
+             ) as pairs (old, new)",
+        )
+        .await;
+    let one = "00000000-0000-0000-0000-000000000001";
+    assert_eq!(
+        merged[0],
+        serde_json::json!({
+            "products": [{"product_id": one, "stars": [1, 3, 0, 0, 1], "recompute": false}],
+            "event_id": "00000000-0000-0000-0000-00000000000e",
+        }),
+        "the deltas summed, in the list form"
+    );
+    assert_eq!(
+        merged[1],
+        serde_json::json!({"products": [{"product_id": one, "recompute": true}]}),
+        "a job from before deltas makes its twin recompute the product"
+    );
+}
+
+#[tokio::test]
+async fn a_rating_job_that_names_no_product_fails_for_good_alone() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 2)).await;
+    let started = relay_and_start(&p).await;
+    let good = started
+        .iter()
+        .find(|job| job.kind == "recompute_rating")
+        .expect("a rating job");
+    let bad: Vec<i64> = p
+        .column(
+            "insert into jobs (kind, payload, attempts, last_started_at)
+             values ('recompute_rating', '{\"products\": []}', 1, now()),
+                    ('recompute_rating', '{\"event_id\": null}', 1, now())
+             returning id",
+        )
+        .await;
+    let contexts = [
+        (bad[0], "{\"products\": []}"),
+        (bad[1], "{\"event_id\": null}"),
+    ]
+    .into_iter()
+    .map(|(id, payload)| JobContext {
+        db: p.db.clone(),
+        job_id: id,
+        attempt: 1,
+        payload: serde_json::from_str(payload).unwrap(),
+    })
+    .chain([JobContext {
+        db: p.db.clone(),
+        job_id: good.id,
+        attempt: good.attempt,
+        payload: good.payload.clone(),
+    }])
+    .collect();
+    let results = JobRegistry::standard()
+        .run("recompute_rating", p.db.clone(), contexts)
+        .await;
+    assert_eq!(results.len(), 3);
+    for refused in &results[..2] {
+        let Err(JobError::Permanent(why)) = refused else {
+            panic!("refused for good: {results:?}");
+        };
+        assert!(why.to_string().contains("names no product"), "{why}");
+    }
+    assert!(results[2].is_ok(), "{results:?}");
+    p.assert_ratings_match_reviews().await;
 }

@@ -132,6 +132,61 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
 }
 
 #[tokio::test]
+async fn a_batch_over_many_products_makes_one_rating_job_with_each_products_deltas() {
+    let p = TestPipeline::new().await;
+    let mut products = Vec::new();
+    for _ in 0..5 {
+        let product = p.create_product("owner").await;
+        p.add_reviews(product, authors("r", 3)).await;
+        products.push(product);
+    }
+    let statements = p.relay_statements(&JobRegistry::standard());
+    let batch = {
+        let conn = p.db.conn().await.unwrap();
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
+            .await
+            .unwrap()
+    };
+    assert_eq!(batch.events, 15);
+    assert_eq!(
+        batch.job_ids.len(),
+        2,
+        "a rating job and a notify job: {batch:?}"
+    );
+    let entries: Vec<String> = p
+        .column(
+            "select e.product_id::text || ' ' || e.stars::text
+             from jobs, rating_job_products(payload) e
+             where kind = 'recompute_rating' and coalesce_key is null and not e.recompute
+             order by e.product_id",
+        )
+        .await;
+    products.sort();
+    let expected: Vec<String> = {
+        let mut expected = Vec::new();
+        for product in &products {
+            let stars: Vec<String> = p
+                .column(&format!(
+                    "select array[count(*) filter (where rating = 1),
+                                  count(*) filter (where rating = 2),
+                                  count(*) filter (where rating = 3),
+                                  count(*) filter (where rating = 4),
+                                  count(*) filter (where rating = 5)]::int4[]::text
+                     from reviews where product_id = '{product}'"
+                ))
+                .await;
+            expected.push(format!("{product} {}", stars[0]));
+        }
+        expected
+    };
+    assert_eq!(entries, expected);
+    let worker = p.start_worker().await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    worker.stop().await;
+    p.assert_ratings_match_reviews().await;
+}
+
+#[tokio::test]
 async fn a_product_recomputed_moments_ago_waits_for_the_interval_and_its_events_share_one_recompute(
 ) {
     let p = TestPipeline::new().await;
