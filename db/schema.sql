@@ -10,6 +10,15 @@ declare
     v_applied bigint;
 begin
     perform complete_jobs_fenced(p_ids, p_attempts, p_commit);
+    -- A payload without a products list comes from a worker from before batch jobs (or is
+    -- a job's from before them): the stored ones, locked by the completion, looked up by
+    -- the primary key (see jobs.rs: `by_id`).
+    if exists (select from unnest(p_payloads) as jobs (payload) where not payload ? 'products') then
+        p_payloads := array(select j.payload
+                            from unnest(p_ids) as wanted (id)
+                            cross join lateral (select payload from jobs
+                                                where jobs.id = wanted.id offset 0) j);
+    end if;
     perform pg_advisory_xact_lock(hashtextextended(product_id::text, lock_key_rating_recompute()))
     from (select distinct e.product_id
           from unnest(p_payloads) as jobs (payload)
@@ -225,7 +234,7 @@ CREATE FUNCTION public.merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb)
     AS $$
     select case
         when p_kind <> 'recompute_rating' then p_old
-        else (p_new - 'product_id' - 'stars' - 'recompute') || jsonb_build_object(
+        else (p_new - 'stars' - 'recompute') || jsonb_build_object(
             'products', (
                 select jsonb_agg(case when recompute
                                       then jsonb_build_object('product_id', product_id,
@@ -246,7 +255,6 @@ $$;
 
 CREATE FUNCTION public.rating_job_products(p_payload jsonb) RETURNS TABLE(product_id uuid, stars integer[], recompute boolean)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'public', 'pg_temp'
     AS $$
     select (e->>'product_id')::uuid,
            case when jsonb_typeof(e->'stars') = 'array'

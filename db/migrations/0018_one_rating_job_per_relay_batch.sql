@@ -15,15 +15,25 @@
 -- Jobs written before this migration carry one product's fields at the top of their
 -- payload (`product_id`, `stars`, `recompute`); `rating_job_products` reads such a payload
 -- as a list of that one product, so every function below takes both.
+--
+-- A rolling deploy runs workers of both versions on this schema for a while. A worker from
+-- before it reads a rating payload into a type that needs a top-level `product_id` and
+-- writes back only the fields it knows: a batch's job therefore also names its first
+-- product at the top (so that it reads at all), and `apply_rating_jobs`, handed a payload
+-- without the products list, applies the payloads stored with the jobs it completes (so
+-- that what that worker dropped is not lost). The two are the same for every completion
+-- that commits: a job's payload changes only while it waits unstarted (a merge), and a run
+-- that started before the change is fenced out.
 
 -- The products of a rating job's payload: each with its deltas per star bucket (1 to 5),
 -- or recompute (the job was replayed or merged into after a failure, the product's events
 -- were replayed, or the job was written before deltas). Pure: left executable by anyone,
--- like the built-in functions it is made of.
+-- like the built-in functions it is made of. Without a `set search_path` (it names only
+-- built-ins, which pg_catalog resolves first) Postgres inlines it into the statement that
+-- calls it; with one, each call cost as much as the rest of applying a job.
 create function rating_job_products(p_payload jsonb)
 returns table (product_id uuid, stars integer[], recompute boolean)
 language sql immutable parallel safe
-set search_path = public, pg_temp
 as $$
     select (e->>'product_id')::uuid,
            case when jsonb_typeof(e->'stars') = 'array'
@@ -90,7 +100,8 @@ begin
 end;
 $$;
 
--- As in 0016, each job's products read by `rating_job_products`: completes the jobs
+-- As in 0016, each job's products read by `rating_job_products` (from the payloads stored
+-- with the jobs when one handed in has no products list; see the header): completes the jobs
 -- (fenced), then, under each product's lock (in product order), adds the deltas summed per
 -- product and recomputes the products that ask for it.
 create or replace function apply_rating_jobs(p_ids bigint[], p_attempts integer[],
@@ -104,6 +115,15 @@ declare
     v_applied bigint;
 begin
     perform complete_jobs_fenced(p_ids, p_attempts, p_commit);
+    -- A payload without a products list comes from a worker from before batch jobs (or is
+    -- a job's from before them): the stored ones, locked by the completion, looked up by
+    -- the primary key (see jobs.rs: `by_id`).
+    if exists (select from unnest(p_payloads) as jobs (payload) where not payload ? 'products') then
+        p_payloads := array(select j.payload
+                            from unnest(p_ids) as wanted (id)
+                            cross join lateral (select payload from jobs
+                                                where jobs.id = wanted.id offset 0) j);
+    end if;
     perform pg_advisory_xact_lock(hashtextextended(product_id::text, lock_key_rating_recompute()))
     from (select distinct e.product_id
           from unnest(p_payloads) as jobs (payload)
@@ -154,14 +174,15 @@ $$;
 -- Merges a waiting rating job's payload with newer deltas for its products (the relay's
 -- upsert into a held-back job, a job handed back into its twin): per product, the deltas
 -- summed, or a recompute when either side asks for one. The result is in the list form
--- whichever form the two were in. Other kinds keep what they have.
+-- whichever form the two were in, with the newer side's top-level `product_id` (the same
+-- product: both have its key). Other kinds keep what they have.
 create or replace function merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb) returns jsonb
 language sql immutable
 set search_path = public, pg_temp
 as $$
     select case
         when p_kind <> 'recompute_rating' then p_old
-        else (p_new - 'product_id' - 'stars' - 'recompute') || jsonb_build_object(
+        else (p_new - 'stars' - 'recompute') || jsonb_build_object(
             'products', (
                 select jsonb_agg(case when recompute
                                       then jsonb_build_object('product_id', product_id,

@@ -30,7 +30,9 @@ pub struct Payload {
     /// per batch (db/migrations/0018): those name one product with the fields below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub products: Option<Vec<ProductDeltas>>,
-    /// The one product of a job written before one job per batch.
+    /// The one product of a job written before one job per batch. A job with `products`
+    /// names its first one here too: workers from before 0018 cannot read a rating payload
+    /// without it (during a rolling deploy; the database applies the job's stored payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product_id: Option<uuid::Uuid>,
     /// The newest event of the batch (for the logs).
@@ -81,7 +83,9 @@ impl JobKind for RecomputeRating {
     // event. Replayed events recompute their products. With an interval set, a product whose
     // summary changed less than the interval ago gets a job of its own instead, due the
     // interval after that change and keyed by the product, which its later events join
-    // while it waits (greatest() skips the null of a product without a summary).
+    // while it waits (greatest() skips the null of a product without a summary). Each job
+    // names its first product at the top too, for workers from before batch jobs (see
+    // `Payload::product_id`).
     const FROM_EVENTS: &'static str = "
         with per_product as (
             select d.product_id,
@@ -118,6 +122,7 @@ impl JobKind for RecomputeRating {
         )
         select (array_agg(newest_event order by newest_id desc))[1], null::text,
                jsonb_build_object('products', jsonb_agg(entry order by product_id),
+                                  'product_id', (array_agg(product_id order by product_id))[1],
                                   'event_id', (array_agg(newest_event order by newest_id desc))[1],
                                   'actor_id', (array_agg(actor_id order by newest_id desc))[1],
                                   'request_id', (array_agg(request_id order by newest_id desc))[1]),
@@ -127,7 +132,8 @@ impl JobKind for RecomputeRating {
         having count(*) > 0
         union all
         select newest_event, product_id::text,
-               jsonb_build_object('products', jsonb_build_array(entry), 'event_id', newest_event,
+               jsonb_build_object('products', jsonb_build_array(entry), 'product_id', product_id,
+                                  'event_id', newest_event,
                                   'actor_id', actor_id, 'request_id', request_id),
                run_at
         from changed

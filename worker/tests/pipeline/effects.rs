@@ -436,3 +436,50 @@ async fn a_rating_job_that_names_no_product_fails_for_good_alone() {
     assert!(results[2].is_ok(), "{results:?}");
     p.assert_ratings_match_reviews().await;
 }
+
+/// A rating payload as workers from before one job per batch (db/migrations/0018) read it.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct PayloadBeforeBatches {
+    product_id: uuid::Uuid,
+    event_id: Option<uuid::Uuid>,
+    actor_id: Option<String>,
+    request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stars: Option<[i32; 5]>,
+    #[serde(default)]
+    recompute: bool,
+}
+
+#[tokio::test]
+async fn a_worker_from_before_batch_jobs_reads_a_batchs_rating_job_and_applies_all_of_it() {
+    let p = TestPipeline::new().await;
+    for name in ["a", "b", "c"] {
+        let product = p.create_product("owner").await;
+        p.add_reviews(product, authors(name, 2)).await;
+    }
+    let started = relay_and_start(&p).await;
+    let job = started
+        .iter()
+        .find(|job| job.kind == "recompute_rating")
+        .expect("a rating job");
+    assert_eq!(
+        started
+            .iter()
+            .filter(|j| j.kind == "recompute_rating")
+            .count(),
+        1
+    );
+    // A rolling deploy: an older worker's runner takes the job. It reads the payload into
+    // its type (which needs a product_id) and hands the database what it kept of it.
+    let before: PayloadBeforeBatches = serde_json::from_value(job.payload.clone())
+        .expect("an older worker reads a batch's rating payload");
+    let kept = serde_json::to_value(&before).unwrap();
+    assert!(kept.get("products").is_none(), "{kept}");
+    let conn = p.db.conn().await.unwrap();
+    reviews_db::ratings::apply_rating_jobs(&conn, &[(job.fencing(), kept)])
+        .await
+        .unwrap();
+    // Every product of the batch, from the payload stored with the job.
+    assert_eq!(p.count("select count(*) from product_ratings").await, 3);
+    p.assert_ratings_match_reviews().await;
+}
