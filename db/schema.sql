@@ -4,6 +4,7 @@
 CREATE FUNCTION public.apply_rating_jobs(p_ids bigint[], p_attempts integer[], p_payloads jsonb[], p_commit text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_product uuid;

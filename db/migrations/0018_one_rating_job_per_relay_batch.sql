@@ -103,12 +103,16 @@ $$;
 -- As in 0016, each job's products read by `rating_job_products` (from the payloads stored
 -- with the jobs when one handed in has no products list; see the header): completes the jobs
 -- (fenced), then, under each product's lock (in product order), adds the deltas summed per
--- product and recomputes the products that ask for it.
+-- product and recomputes the products that ask for it. Its statements keep one plan each
+-- (`plan_cache_mode`): Postgres otherwise judged the generic plans of the statements that
+-- read the products list costlier than custom ones and planned them on every call, which
+-- took longer than running them (0.77 against 0.36 ms for a job of one product).
 create or replace function apply_rating_jobs(p_ids bigint[], p_attempts integer[],
                                              p_payloads jsonb[], p_commit text)
 returns void
 language plpgsql
 set search_path = public, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_product uuid;
