@@ -367,7 +367,11 @@ async fn a_job_written_before_one_job_per_batch_merges_into_a_held_back_twin_by_
                     \"event_id\": \"00000000-0000-0000-0000-00000000000e\"}'::jsonb),
                  ('{\"product_id\": \"00000000-0000-0000-0000-000000000001\"}'::jsonb,
                   '{\"products\": [{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
-                                    \"stars\": [0, 3, 0, 0, -1], \"recompute\": false}]}'::jsonb)
+                                    \"stars\": [0, 3, 0, 0, -1], \"recompute\": false}]}'::jsonb),
+                 ('{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
+                    \"stars\": [1, 0, 0, 0, 0], \"recompute\": false}'::jsonb,
+                  '{\"product_id\": \"00000000-0000-0000-0000-000000000001\",
+                    \"stars\": [0, 1, 0, 0, 0], \"recompute\": false}'::jsonb)
              ) as pairs (old, new)",
         )
         .await;
@@ -384,6 +388,15 @@ async fn a_job_written_before_one_job_per_batch_merges_into_a_held_back_twin_by_
         merged[1],
         serde_json::json!({"products": [{"product_id": one, "recompute": true}]}),
         "a job from before deltas makes its twin recompute the product"
+    );
+    // An older worker's relay merging into its own job (a rolling deploy): the result keeps
+    // the product_id that worker needs to read it.
+    assert_eq!(
+        merged[2],
+        serde_json::json!({
+            "product_id": one,
+            "products": [{"product_id": one, "stars": [1, 1, 0, 0, 0], "recompute": false}],
+        })
     );
 }
 
