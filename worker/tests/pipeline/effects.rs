@@ -12,11 +12,8 @@ use crate::support::*;
 
 /// Relays what is pending and starts every pending job (attempt 1), as a runner would.
 async fn relay_and_start(p: &TestPipeline) -> Vec<reviews_db::jobs::StartedJob> {
+    p.relay_pending().await;
     let conn = p.db.conn().await.unwrap();
-    let statements = p.relay_statements(&JobRegistry::standard());
-    reviews_db::outbox::relay_pending_events(&conn, &statements)
-        .await
-        .unwrap();
     let ids: Vec<i64> = p
         .column("select id from jobs where status = 'pending' order by id")
         .await;

@@ -103,14 +103,8 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     p.add_reviews(product, authors("r", 50)).await;
-    let statements = p.relay_statements(&JobRegistry::standard());
 
-    let batch = {
-        let conn = p.db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, &statements)
-            .await
-            .unwrap()
-    };
+    let batch = p.relay_pending().await;
     assert_eq!(batch.events, 50);
     assert_eq!(
         p.count("select count(*) from jobs where kind = 'recompute_rating'")
@@ -140,13 +134,7 @@ async fn a_batch_over_many_products_makes_one_rating_job_with_each_products_delt
         p.add_reviews(product, authors("r", 3)).await;
         products.push(product);
     }
-    let statements = p.relay_statements(&JobRegistry::standard());
-    let batch = {
-        let conn = p.db.conn().await.unwrap();
-        reviews_db::outbox::relay_pending_events(&conn, &statements)
-            .await
-            .unwrap()
-    };
+    let batch = p.relay_pending().await;
     assert_eq!(batch.events, 15);
     assert_eq!(
         batch.job_ids.len(),

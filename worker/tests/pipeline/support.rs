@@ -214,6 +214,16 @@ impl TestPipeline {
         statements_for(registry, 500, Duration::ZERO, self.db.bookkeeping())
     }
 
+    /// Relays what is pending once, as a relay of the standard kinds would, creating every
+    /// job unstarted.
+    pub async fn relay_pending(&self) -> reviews_db::outbox::RelayedBatch {
+        let statements = self.relay_statements(&JobRegistry::standard());
+        let conn = self.db.conn().await.unwrap();
+        reviews_db::outbox::relay_pending_events(&conn, &statements)
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> Client {
         self.database.client().await
     }
