@@ -70,8 +70,8 @@ pub async fn ratings_by_product_ids<C: AsClient>(
 }
 
 /// Recomputes products' summaries exactly, in one statement and transaction (see
-/// `recompute_product_rating` in db/migrations/0016: the reviews counted, less the deltas
-/// still on their way; serialised per product; a no-op for a product that is gone). The
+/// `recompute_product_rating` in db/migrations/0016 and 0018: the reviews counted, less the
+/// deltas still on their way; serialised per product; a no-op for a product that is gone). The
 /// repair path (scripts/repair-ratings) and tests use it. Products are taken in id order, so
 /// two batches that share products take their locks in the same order and cannot deadlock.
 pub async fn recompute_ratings<C: AsClient>(
@@ -91,7 +91,7 @@ pub async fn recompute_ratings<C: AsClient>(
 }
 
 /// Settles rating jobs with their effects in one statement (`apply_rating_jobs` in
-/// db/migrations/0016): marks them done at the attempts that ran them, or fails whole if any
+/// db/migrations/0016 and 0018, which reads both payload forms): marks them done at the attempts that ran them, or fails whole if any
 /// is no longer at that attempt; adds the deltas they carry to their products' summaries;
 /// recomputes the products of those that ask for it. Committed, the jobs cannot run again;
 /// failed, nothing happened.

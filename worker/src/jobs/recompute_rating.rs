@@ -129,6 +129,10 @@ impl JobKind for RecomputeRating {
                now()
         from changed
         where run_at <= now()
+          -- Names migration 0018's function, so that on a schema without it (a worker
+          -- started before `migrate`) this statement fails and the events wait, instead of
+          -- making jobs that 0016's apply_rating_jobs would mark done without applying.
+          and (select count(*) from rating_job_products('{\"products\": []}')) = 0
         having count(*) > 0
         union all
         select newest_event, product_id::text,

@@ -493,3 +493,57 @@ async fn a_worker_from_before_batch_jobs_reads_a_batchs_rating_job_and_applies_a
     assert_eq!(p.count("select count(*) from product_ratings").await, 3);
     p.assert_ratings_match_reviews().await;
 }
+
+#[tokio::test]
+async fn a_recompute_while_a_batchs_rating_job_is_on_its_way_leaves_its_deltas_to_it() {
+    let p = TestPipeline::new().await;
+    let (a, b) = (
+        p.create_product("owner").await,
+        p.create_product("owner").await,
+    );
+    p.add_reviews(a, authors("a", 2)).await;
+    p.add_reviews(b, authors("b", 3)).await;
+    let started = relay_and_start(&p).await;
+    assert_eq!(
+        started
+            .iter()
+            .filter(|job| job.kind == "recompute_rating")
+            .count(),
+        1,
+        "one job for both products"
+    );
+    // The repair runs while that job (no coalesce key) is started and not applied: it counts
+    // the reviews less the job's deltas.
+    p.sql(&format!(
+        "select recompute_product_rating('{a}'); select recompute_product_rating('{b}')"
+    ))
+    .await;
+    assert_eq!(
+        p.count("select count(*) from product_ratings where review_count = 0")
+            .await,
+        2,
+        "the job's deltas are left to it"
+    );
+    // It applies them: each review counted once.
+    let results = run_as(&p, &started, "recompute_rating", |job| job.attempt).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    p.assert_ratings_match_reviews().await;
+}
+
+#[tokio::test]
+async fn a_relay_on_a_schema_without_batch_rating_jobs_fails_and_its_events_wait() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 2)).await;
+    // As if the worker started before `migrate` applied 0018.
+    p.sql("drop function rating_job_products(jsonb)").await;
+    let statements = p.relay_statements(&JobRegistry::standard());
+    let conn = p.db.conn().await.unwrap();
+    let error = reviews_db::outbox::relay_pending_events(&conn, &statements)
+        .await
+        .expect_err("the relay needs 0018");
+    let error = format!("{:#}", anyhow::Error::from(error));
+    assert!(error.contains("rating_job_products"), "{error}");
+    assert_eq!(p.count("select count(*) from outbox_pending").await, 2);
+    assert_eq!(p.count("select count(*) from jobs").await, 0);
+}
