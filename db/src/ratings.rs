@@ -91,10 +91,10 @@ pub async fn recompute_ratings<C: AsClient>(
 }
 
 /// Settles rating jobs with their effects in one statement (`apply_rating_jobs` in
-/// db/migrations/0016 and 0018, which reads both payload forms): marks them done at the attempts that ran them, or fails whole if any
-/// is no longer at that attempt; adds the deltas they carry to their products' summaries;
-/// recomputes the products of those that ask for it. Committed, the jobs cannot run again;
-/// failed, nothing happened.
+/// db/migrations/0016 and 0018, which reads both payload forms): marks them done at the
+/// attempts that ran them, or fails whole if any is no longer at that attempt; adds the
+/// deltas they carry to their products' summaries; recomputes the products of those that
+/// ask for it. Committed, the jobs cannot run again; failed, nothing happened.
 pub async fn apply_rating_jobs<C: AsClient>(
     db: &Sql<C>,
     jobs: &[(crate::jobs::Attempt, serde_json::Value)],

@@ -148,17 +148,24 @@ impl JobKind for RecomputeRating {
     /// product fails for good on its own.
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
         let mut settled = Vec::with_capacity(jobs.len());
-        let mut refused = Vec::new();
+        // Each job's result: a refusal now, or (None) the statement's.
+        let mut refused: Vec<Option<JobError>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let payload = if job.payload.names_a_product() {
                 serde_json::to_value(&job.payload)
-                    .map_err(|e| format!("payload does not serialise: {e}"))
+                    .map_err(|e| anyhow::anyhow!("payload does not serialise: {e}"))
             } else {
-                Err("its payload names no product (neither a products list with entries nor a product_id)".to_owned())
+                Err(anyhow::anyhow!(
+                    "its payload names no product (neither a products list with entries nor \
+                     a product_id)"
+                ))
             };
             match payload {
-                Ok(payload) => settled.push((job.fencing(), payload)),
-                Err(why) => refused.push((job.id, why)),
+                Ok(payload) => {
+                    settled.push((job.fencing(), payload));
+                    refused.push(None);
+                }
+                Err(why) => refused.push(Some(JobError::Permanent(why))),
             }
         }
         let applied = async {
@@ -170,9 +177,10 @@ impl JobKind for RecomputeRating {
             tracing::debug!(jobs = settled.len(), "rating summaries updated");
         }
         let mut applied = all_or_none(settled.len(), applied).into_iter();
-        jobs.iter()
-            .map(|job| match refused.iter().find(|(id, _)| *id == job.id) {
-                Some((_, why)) => Err(JobError::Permanent(anyhow::anyhow!("{why}"))),
+        refused
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(error) => Err(error),
                 None => applied.next().expect("one result per applied job"),
             })
             .collect()
