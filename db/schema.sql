@@ -254,6 +254,19 @@ CREATE FUNCTION public.merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb)
     end
 $$;
 
+CREATE FUNCTION public.notify_job_outbox_ids(p_payload jsonb) RETURNS SETOF bigint
+    LANGUAGE sql STABLE
+    AS $$
+    select id::bigint from jsonb_array_elements_text(p_payload->'outbox_ids') as ids (id)
+    union all
+    select o.id
+    from jsonb_array_elements(p_payload->'events') as e
+    join outbox o on o.event_id = (e->>'event_id')::uuid
+    union all
+    select o.id from outbox o
+    where p_payload ? 'event_id' and o.event_id = (p_payload->>'event_id')::uuid
+$$;
+
 CREATE FUNCTION public.rating_job_products(p_payload jsonb) RETURNS TABLE(product_id uuid, stars integer[], recompute boolean)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$

@@ -58,10 +58,10 @@ pub async fn wait_until_idle(client: &Client, limit: Duration) -> anyhow::Result
 }
 
 /// Each outbox event `o` with the notify job `j` that covers it (one per relay batch, its
-/// events listed in the payload).
-const NOTIFY_JOB_OF_EVENT: &str = "jobs j
-    cross join lateral jsonb_array_elements(j.payload->'events') e
-    join outbox o on o.event_id = (e->>'event_id')::uuid and j.kind = 'notify_owner'";
+/// events named in the payload: db/migrations/0019).
+const NOTIFY_JOB_OF_EVENT: &str = "(select * from jobs where kind = 'notify_owner') j
+    cross join lateral notify_job_outbox_ids(j.payload) as e (outbox_id)
+    join outbox o on o.id = e.outbox_id";
 
 /// Commit → job start of every event's notify job, in ms (the event's transaction time to
 /// the attempt's start, both on the database's clock).

@@ -60,7 +60,8 @@ pub async fn list_notifications_for_recipient<C: AsClient>(
     ))
 }
 
-/// A notification to write, keyed by the event that caused it.
+/// A notification to write, keyed by the event that caused it (an event carried in a job's
+/// payload whole, as jobs written before db/migrations/0019 carry them).
 pub struct NewNotification<'a> {
     pub event_id: Uuid,
     pub kind: &'a str,
@@ -70,17 +71,31 @@ pub struct NewNotification<'a> {
     pub author_id: &'a str,
 }
 
+/// What [`notify_product_owners`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// The notifications are written and the jobs done; how many rows were written.
+    Written(u64),
+    /// Nothing was written and no job completed: these outbox ids are not in the outbox (its
+    /// rows were deleted after all, since `scripts/purge` keeps the events of pending and
+    /// dead notify jobs).
+    Missing(Vec<i64>),
+}
+
 /// Tells each product's owner about review events, once per event, and marks the jobs that
 /// carry them done (at the attempts that ran them), all in one statement: it fails whole if
 /// any job is no longer at its attempt (`complete_jobs_fenced`, db/migrations/0016), so the
-/// notifications commit exactly when their jobs do. A notification written already (a
+/// notifications commit exactly when their jobs do. The events are `events`, carried whole,
+/// and the outbox's events of `outbox_ids`, read there. A notification written already (a
 /// replayed event) is skipped; owners reviewing their own product and products that are gone
-/// get none. Returns how many rows were written.
+/// get none. If any of `outbox_ids` is not in the outbox the statement writes and completes
+/// nothing, and says which.
 pub async fn notify_product_owners<C: AsClient>(
     db: &Sql<C>,
     events: &[NewNotification<'_>],
+    outbox_ids: &[i64],
     jobs: &[crate::jobs::Attempt],
-) -> Result<u64, StoreError> {
+) -> Result<Notified, StoreError> {
     let event_ids: Vec<Uuid> = events.iter().map(|n| n.event_id).collect();
     let kinds: Vec<&str> = events.iter().map(|n| n.kind).collect();
     let review_ids: Vec<Uuid> = events.iter().map(|n| n.review_id).collect();
@@ -89,31 +104,55 @@ pub async fn notify_product_owners<C: AsClient>(
     let (job_ids, attempts) = crate::jobs::in_lock_order(jobs.iter().copied());
     let row = db
         .query_typed_one(
-            "with completed as materialized (
-                 select complete_jobs_fenced($6, $7, $8) as jobs
+            "with wanted as (
+                 select distinct id from unnest($6::int8[]) as wanted (id)
+             ), from_outbox as materialized (
+                 select o.id, o.event_id, o.event_type as kind, o.review_id, o.product_id,
+                        coalesce(o.payload->'new'->>'author_id',
+                                 o.payload->'old'->>'author_id') as author_id
+                 from wanted cross join lateral (select * from outbox o
+                                                 where o.id = wanted.id offset 0) o
+             ), missing as materialized (
+                 select coalesce(array_agg(id order by id), '{}') as ids
+                 from (select id from wanted except select id from from_outbox) gone
+             ), completed as materialized (
+                 select complete_jobs_fenced($7, $8, $9) as jobs
+                 where cardinality((select ids from missing)) = 0
              ), written as (
                  insert into notifications (recipient_id, kind, review_id, product_id, event_id)
                  select p.owner_id, e.kind, e.review_id, p.id, e.event_id
-                 from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[])
-                      as e (event_id, kind, review_id, product_id, author_id)
+                 from (select event_id, kind, review_id, product_id, author_id
+                       from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[])
+                            as carried (event_id, kind, review_id, product_id, author_id)
+                       union all
+                       select event_id, kind, review_id, product_id, author_id
+                       from from_outbox) e
                  join products p on p.id = e.product_id
                  where p.owner_id <> e.author_id
+                   and cardinality((select ids from missing)) = 0
                  on conflict (event_id, recipient_id, kind) do nothing
                  returning 1
              )
              -- Naming `completed` here runs it whatever the insert writes.
-             select (select jobs from completed), (select count(*) from written)",
+             select (select jobs from completed), (select count(*) from written),
+                    (select ids from missing)",
             &[
                 (&event_ids, Type::UUID_ARRAY),
                 (&kinds, Type::TEXT_ARRAY),
                 (&review_ids, Type::UUID_ARRAY),
                 (&product_ids, Type::UUID_ARRAY),
                 (&author_ids, Type::TEXT_ARRAY),
+                (&outbox_ids, Type::INT8_ARRAY),
                 (&job_ids, Type::INT8_ARRAY),
                 (&attempts, Type::INT4_ARRAY),
                 (&db.commit_setting(), Type::TEXT),
             ],
         )
         .await?;
-    Ok(row.get::<_, i64>(1) as u64)
+    let missing: Vec<i64> = row.get(2);
+    Ok(if missing.is_empty() {
+        Notified::Written(row.get::<_, i64>(1) as u64)
+    } else {
+        Notified::Missing(missing)
+    })
 }

@@ -127,12 +127,12 @@ async fn outbox_status_reports_the_backlog_and_jobs_by_state() {
     assert_eq!(status["outbox"]["pending"], 3);
     assert_eq!(status["jobs"]["in_flight"], 0);
 
-    // Relay them as the worker does (one notify job for the batch, its events in the
-    // payload) and finish all but one job; make that one dead.
+    // Relay them as the worker does (one notify job for the batch, its events' outbox ids in
+    // the payload) and finish all but one job; make that one dead.
     ops.sql(
         "delete from outbox_pending;
          insert into jobs (kind, status, finished_at, payload)
-         select 'notify_owner', 'done', now(), jsonb_build_object('events', jsonb_agg(jsonb_build_object('event_id', event_id))) from outbox;
+         select 'notify_owner', 'done', now(), jsonb_build_object('outbox_ids', jsonb_agg(id)) from outbox;
          insert into jobs (kind, status, attempts) values ('recompute_rating', 'dead', 10), ('recompute_rating', 'pending', 0);",
     )
     .await;
@@ -383,6 +383,41 @@ async fn purge_removes_old_finished_rows_in_batches_and_never_pending_or_dead_on
     assert!(ops
         .refused("purge", &["--batch-size", "0"])
         .contains("--batch-size"));
+}
+
+#[tokio::test]
+async fn purge_keeps_the_events_notify_jobs_not_yet_done_read_from_the_outbox() {
+    let ops = Ops::new().await;
+    ops.sql(SEED).await;
+    // Three old, relayed events. A notify job names each by its outbox id: one pending (its
+    // handler reads the event when it runs), one dead with an open dead letter (read when
+    // replayed), one done.
+    ops.sql(
+        "update outbox set occurred_at = now() - interval '10 days';
+         delete from outbox_pending;
+         insert into jobs (kind, status, attempts, finished_at, payload)
+         select 'notify_owner', s.status, 1, case when s.status <> 'pending' then now() - interval '10 days' end,
+                jsonb_build_object('outbox_ids', jsonb_build_array(o.id))
+         from (select id, row_number() over (order by id) as n from outbox) o
+         join (values (1, 'pending'), (2, 'dead'), (3, 'done')) as s (n, status) using (n);
+         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
+         select id, kind, payload, attempts, created_at from jobs where status = 'dead';",
+    )
+    .await;
+    let dry = ops.ok("purge", &["--older-than", "7d", "--dry-run"]);
+    assert!(dry.contains("outbox: would delete 1"), "{dry}");
+
+    let done = ops.ok("purge", &["--older-than", "7d"]);
+    assert!(done.contains("outbox: deleted 1"), "{done}");
+    assert_eq!(
+        ops.count(
+            "select count(*) from jobs j cross join lateral notify_job_outbox_ids(j.payload) e
+             join outbox o on o.id = e where j.status in ('pending', 'dead')"
+        )
+        .await,
+        2,
+        "the pending and the dead job's events stay"
+    );
 }
 
 #[tokio::test]

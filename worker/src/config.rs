@@ -142,6 +142,23 @@ pub struct Tuning {
     #[arg(long = "relay-hand-off", env = "RELAY_HAND_OFF", value_name = "RELAY_HAND_OFF",
           default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_hand_off: bool,
+    /// What a notify_owner job made by the relay carries: `outbox-ids`, its events' outbox
+    /// ids (the handler reads the events there); `events`, every event whole, the only form
+    /// workers from before db/migrations/0019 read. Set `events` while such workers still
+    /// run beside this one (a rolling deploy), then go back to the default.
+    #[arg(long = "relay-notify-payload", env = "RELAY_NOTIFY_PAYLOAD",
+          value_name = "RELAY_NOTIFY_PAYLOAD", value_enum, default_value_t = NotifyPayload::OutboxIds)]
+    pub relay_notify_payload: NotifyPayload,
+}
+
+/// What the relay's notify_owner jobs carry (`RELAY_NOTIFY_PAYLOAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NotifyPayload {
+    /// The events' outbox ids.
+    #[default]
+    OutboxIds,
+    /// Every event whole.
+    Events,
 }
 
 impl Default for Tuning {
@@ -157,6 +174,7 @@ impl Default for Tuning {
             shutdown_grace: Duration::from_secs(10),
             async_commit: true,
             relay_hand_off: true,
+            relay_notify_payload: NotifyPayload::OutboxIds,
         }
     }
 }

@@ -112,11 +112,12 @@ pub async fn start(
     let listener_connection = ListenerConnection::default();
     let listener = Listener::new(targets.session, bells.clone(), listener_connection.clone());
     let listener_reconnects = listener.reconnects();
-    let statements = relay::statements_for(
+    let statements = relay::statements_with(
         &registry,
         i64::from(tuning.relay_batch_size),
         tuning.rating_recompute_interval,
         bookkeeping,
+        tuning.relay_notify_payload,
     );
     let runner = Runner::new(
         db.clone(),

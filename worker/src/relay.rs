@@ -33,6 +33,7 @@ use reviews_db::{Bookkeeping, Db};
 use reviews_service::Backoff;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NotifyPayload;
 use crate::doorbell::{Doorbell, Nap};
 use crate::jobs::JobRegistry;
 use crate::listener::Bells;
@@ -72,12 +73,29 @@ pub struct Relay {
 
 /// The relay's statements for the kinds `registry` makes jobs of, claiming `batch_size`
 /// events each, holding rating recomputes back by `recompute_interval` and committing as
-/// `bookkeeping` says.
+/// `bookkeeping` says; notify jobs carry their events' outbox ids.
 pub fn statements_for(
     registry: &JobRegistry,
     batch_size: i64,
     recompute_interval: Duration,
     bookkeeping: Bookkeeping,
+) -> RelayStatements {
+    statements_with(
+        registry,
+        batch_size,
+        recompute_interval,
+        bookkeeping,
+        NotifyPayload::OutboxIds,
+    )
+}
+
+/// [`statements_for`], with notify jobs carrying what `notify_payload` says.
+pub fn statements_with(
+    registry: &JobRegistry,
+    batch_size: i64,
+    recompute_interval: Duration,
+    bookkeeping: Bookkeeping,
+    notify_payload: NotifyPayload,
 ) -> RelayStatements {
     RelayStatements::new(
         registry
@@ -88,6 +106,7 @@ pub fn statements_for(
             batch_size,
             recompute_interval,
             bookkeeping,
+            notify_events_whole: notify_payload == NotifyPayload::Events,
         },
     )
 }

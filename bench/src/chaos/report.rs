@@ -107,7 +107,10 @@ pub async fn check(db: &Client, observed: &Observed<'_>) -> anyhow::Result<bool>
     let mut runs_of_review: HashMap<Uuid, usize> = HashMap::new();
     for row in db
         .query(
-            "select j.id, (e->>'review_id')::uuid from jobs j, jsonb_array_elements(j.payload->'events') e
+            "select j.id, o.review_id
+             from jobs j
+             cross join lateral notify_job_outbox_ids(j.payload) as e (outbox_id)
+             join outbox o on o.id = e.outbox_id
              where j.kind = 'notify_owner'",
             &[],
         )

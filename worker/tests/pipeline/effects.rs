@@ -463,6 +463,55 @@ async fn a_rating_job_that_names_no_product_fails_for_good_alone() {
     p.assert_ratings_match_reviews().await;
 }
 
+#[tokio::test]
+async fn a_notify_job_whose_events_left_the_outbox_fails_for_good_alone() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("a", 2)).await;
+    p.relay_pending().await;
+    p.add_reviews(product, authors("b", 2)).await;
+    let started = relay_and_start(&p).await;
+    let notify: Vec<_> = started
+        .iter()
+        .filter(|job| job.kind == "notify_owner")
+        .collect();
+    assert_eq!(notify.len(), 2, "one notify job per batch");
+    let gone: i64 = notify[0].payload["outbox_ids"][0].as_i64().unwrap();
+    p.sql(&format!("delete from outbox where id = {gone}"))
+        .await;
+
+    let results = run_as(&p, &started, "notify_owner", |job| job.attempt).await;
+    let Err(JobError::Permanent(why)) = &results[0] else {
+        panic!("the first job fails for good: {results:?}");
+    };
+    assert!(
+        why.to_string().contains(&format!("events [{gone}]"))
+            && why.to_string().contains("no longer in the outbox"),
+        "{why}"
+    );
+    assert!(results[1].is_ok(), "the other job runs: {results:?}");
+    // The other job's two events are notified and it is done; the failed one wrote nothing
+    // (its runner buries it) and is still at its attempt.
+    assert_eq!(
+        p.count(&format!(
+            "select count(*) from notifications n
+             join outbox o on o.event_id = n.event_id
+             where o.id in (select notify_job_outbox_ids(payload) from jobs where id = {})",
+            notify[1].id
+        ))
+        .await,
+        2
+    );
+    assert_eq!(p.count("select count(*) from notifications").await, 2);
+    let states: Vec<String> = p
+        .column(&format!(
+            "select status || ':' || attempts from jobs where id in ({0}, {1}) order by id = {1}",
+            notify[0].id, notify[1].id
+        ))
+        .await;
+    assert_eq!(states, ["pending:1", "done:1"]);
+}
+
 /// A rating payload as workers from before one job per batch (db/migrations/0018) read it.
 #[derive(serde::Deserialize, serde::Serialize)]
 struct PayloadBeforeBatches {

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use reviews_worker::config::NotifyPayload;
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::APPLICATION_NAME;
 
@@ -39,15 +40,16 @@ async fn a_worker_started_after_1000_events_drains_them_all() {
     let runs = worker.ledger.runs();
     worker.stop().await;
 
-    // One notify job per relay batch (200 events in these tests), each event in exactly one.
+    // One notify job per relay batch (200 events in these tests), naming its events by
+    // outbox id, each event in exactly one.
     assert_eq!(
-        p.count("select count(*) from jobs where kind = 'notify_owner'")
+        p.count("select count(*) from jobs where kind = 'notify_owner' and payload ? 'outbox_ids'")
             .await,
         5
     );
     assert_eq!(
         p.count(
-            "select count(distinct e->>'event_id') from jobs, jsonb_array_elements(payload->'events') e
+            "select count(distinct e) from jobs, notify_job_outbox_ids(payload) e
              where kind = 'notify_owner'"
         )
         .await,
@@ -118,11 +120,41 @@ async fn a_burst_for_one_product_is_coalesced_into_one_rating_job() {
         "one notify job for the batch"
     );
     assert_eq!(
-        p.count("select jsonb_array_length(payload->'events')::bigint from jobs where kind = 'notify_owner'")
+        p.count("select jsonb_array_length(payload->'outbox_ids')::bigint from jobs where kind = 'notify_owner'")
             .await,
         50
     );
     assert_eq!(batch.job_ids.len(), 2);
+}
+
+#[tokio::test]
+async fn with_relay_notify_payload_events_notify_jobs_carry_their_events_whole_and_run() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("r", 300)).await;
+    let mut args = p.args();
+    args.tuning.relay_notify_payload = NotifyPayload::Events;
+    let worker = p.start_worker_with(args, JobRegistry::standard()).await;
+    p.wait_until_idle(Duration::from_secs(60)).await;
+    let runs = worker.ledger.runs();
+    worker.stop().await;
+
+    // The form workers from before db/migrations/0019 read: every event whole, with what
+    // their handler needs of it.
+    assert_eq!(
+        p.count(
+            "select count(*) from jobs j, jsonb_array_elements(j.payload->'events') e
+             join outbox o on o.event_id = (e->>'event_id')::uuid
+              and o.review_id = (e->>'review_id')::uuid
+              and o.product_id = (e->>'product_id')::uuid
+              and o.event_type = e->>'event_type'
+              and o.payload->'new'->>'author_id' = e->>'author_id'
+             where j.kind = 'notify_owner' and not j.payload ? 'outbox_ids'"
+        )
+        .await,
+        300
+    );
+    p.assert_notified_once_each(&runs, 300).await;
 }
 
 #[tokio::test]

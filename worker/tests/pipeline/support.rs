@@ -173,6 +173,7 @@ impl TestPipeline {
                 // The default: hand_off.rs switches it off where a test needs every job to
                 // go through the queue.
                 relay_hand_off: true,
+                relay_notify_payload: Default::default(),
             },
             // What start() checks against the job timeout; the tests' webhook deliveries use
             // the settings their registry was given.
@@ -383,11 +384,14 @@ impl TestPipeline {
     /// notify job that ran, that each event has its one notification row, and returns how
     /// many runs were more than once (duplicates).
     pub async fn notify_duplicates(&self, runs: &[Run], expected: i64) -> usize {
-        let jobs: Vec<(i64, serde_json::Value)> = self
+        // Each notify job with the events it covers, whichever form its payload has.
+        let covered: Vec<(i64, i64)> = self
             .client()
             .await
             .query(
-                "select id, payload from jobs where kind = 'notify_owner'",
+                "select j.id, e.outbox_id
+                 from jobs j cross join lateral notify_job_outbox_ids(j.payload) as e (outbox_id)
+                 where j.kind = 'notify_owner'",
                 &[],
             )
             .await
@@ -395,18 +399,10 @@ impl TestPipeline {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut runs_per_event: HashMap<String, usize> = HashMap::new();
-        for (job, payload) in &jobs {
-            let ran = runs.iter().filter(|run| run.job_id == *job).count();
-            let events = payload["events"]
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![payload.clone()]);
-            for event in events {
-                *runs_per_event
-                    .entry(event["event_id"].as_str().unwrap().to_owned())
-                    .or_default() += ran;
-            }
+        let mut runs_per_event: HashMap<i64, usize> = HashMap::new();
+        for (job, event) in covered {
+            let ran = runs.iter().filter(|run| run.job_id == job).count();
+            *runs_per_event.entry(event).or_default() += ran;
         }
         let outbox_events = self.count("select count(*) from outbox").await;
         assert_eq!(outbox_events, expected, "events in the outbox");
