@@ -102,19 +102,27 @@ pub async fn notify_product_owners<C: AsClient>(
     let product_ids: Vec<Uuid> = events.iter().map(|n| n.product_id).collect();
     let author_ids: Vec<&str> = events.iter().map(|n| n.author_id).collect();
     let (job_ids, attempts) = crate::jobs::in_lock_order(jobs.iter().copied());
+    let mut outbox_ids = outbox_ids.to_vec();
+    outbox_ids.sort_unstable();
+    outbox_ids.dedup();
     let row = db
         .query_typed_one(
-            "with wanted as (
-                 select distinct id from unnest($6::int8[]) as wanted (id)
-             ), from_outbox as materialized (
-                 select o.id, o.event_id, o.event_type as kind, o.review_id, o.product_id,
+            "with from_outbox as materialized (
+                 select o.event_id, o.event_type as kind, o.review_id, o.product_id,
                         coalesce(o.payload->'new'->>'author_id',
                                  o.payload->'old'->>'author_id') as author_id
-                 from wanted cross join lateral (select * from outbox o
-                                                 where o.id = wanted.id offset 0) o
+                 from unnest($6::int8[]) as wanted (id)
+                 cross join lateral (select * from outbox o
+                                     where o.id = wanted.id offset 0) o
              ), missing as materialized (
-                 select coalesce(array_agg(id order by id), '{}') as ids
-                 from (select id from wanted except select id from from_outbox) gone
+                 -- Looked for only when some are (the ids come without duplicates).
+                 select case when (select count(*) from from_outbox) = cardinality($6)
+                             then '{}'::int8[]
+                             else array(select id from unnest($6::int8[]) as wanted (id)
+                                        where not exists (select from outbox o
+                                                          where o.id = wanted.id)
+                                        order by id)
+                        end as ids
              ), completed as materialized (
                  select complete_jobs_fenced($7, $8, $9) as jobs
                  where cardinality((select ids from missing)) = 0
