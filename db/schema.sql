@@ -255,17 +255,26 @@ CREATE FUNCTION public.merge_job_payloads(p_kind text, p_old jsonb, p_new jsonb)
 $$;
 
 CREATE FUNCTION public.notify_job_outbox_ids(p_payload jsonb) RETURNS SETOF bigint
-    LANGUAGE sql STABLE
-    AS $$
-    select id::bigint from jsonb_array_elements_text(p_payload->'outbox_ids') as ids (id)
+    LANGUAGE sql STABLE ROWS 500
+    AS $_$
+    select (id #>> '{}')::bigint
+    from jsonb_array_elements(case jsonb_typeof(p_payload->'outbox_ids')
+                                  when 'array' then p_payload->'outbox_ids'
+                                  else '[]' end) as ids (id)
+    where jsonb_typeof(id) = 'number' and (id #>> '{}') ~ '^[0-9]{1,18}$'
     union all
     select o.id
-    from jsonb_array_elements(p_payload->'events') as e
-    join outbox o on o.event_id = (e->>'event_id')::uuid
+    from jsonb_array_elements(case jsonb_typeof(p_payload->'events')
+                                  when 'array' then p_payload->'events'
+                                  else '[]' end) as e
+    join outbox o on o.event_id = case when jsonb_typeof(e) = 'object'
+                                            and e->>'event_id' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                                       then (e->>'event_id')::uuid end
     union all
     select o.id from outbox o
-    where p_payload ? 'event_id' and o.event_id = (p_payload->>'event_id')::uuid
-$$;
+    where o.event_id = case when p_payload->>'event_id' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                            then (p_payload->>'event_id')::uuid end
+$_$;
 
 CREATE FUNCTION public.rating_job_products(p_payload jsonb) RETURNS TABLE(product_id uuid, stars integer[], recompute boolean)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -9,18 +9,29 @@
 -- event at the top; every reader accepts all three forms.
 
 -- The outbox ids of the events a notify_owner job covers, whichever form its payload has.
--- For scripts and measurements (scripts/outbox-status, the bench); the worker reads payloads
--- itself.
+-- For scripts and measurements (scripts/outbox-status, scripts/purge, the bench); the worker
+-- reads payloads itself. A payload no worker could read (a dead letter's, say) names no
+-- event instead of failing the script that reads it: only well-formed ids are cast.
 create function notify_job_outbox_ids(p_payload jsonb) returns setof bigint
 language sql
 stable
+rows 500
 as $$
-    select id::bigint from jsonb_array_elements_text(p_payload->'outbox_ids') as ids (id)
+    select (id #>> '{}')::bigint
+    from jsonb_array_elements(case jsonb_typeof(p_payload->'outbox_ids')
+                                  when 'array' then p_payload->'outbox_ids'
+                                  else '[]' end) as ids (id)
+    where jsonb_typeof(id) = 'number' and (id #>> '{}') ~ '^[0-9]{1,18}$'
     union all
     select o.id
-    from jsonb_array_elements(p_payload->'events') as e
-    join outbox o on o.event_id = (e->>'event_id')::uuid
+    from jsonb_array_elements(case jsonb_typeof(p_payload->'events')
+                                  when 'array' then p_payload->'events'
+                                  else '[]' end) as e
+    join outbox o on o.event_id = case when jsonb_typeof(e) = 'object'
+                                            and e->>'event_id' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                                       then (e->>'event_id')::uuid end
     union all
     select o.id from outbox o
-    where p_payload ? 'event_id' and o.event_id = (p_payload->>'event_id')::uuid
+    where o.event_id = case when p_payload->>'event_id' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                            then (p_payload->>'event_id')::uuid end
 $$;

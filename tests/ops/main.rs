@@ -400,6 +400,11 @@ async fn purge_keeps_the_events_notify_jobs_not_yet_done_read_from_the_outbox() 
                 jsonb_build_object('outbox_ids', jsonb_build_array(o.id))
          from (select id, row_number() over (order by id) as n from outbox) o
          join (values (1, 'pending'), (2, 'dead'), (3, 'done')) as s (n, status) using (n);
+         -- Payloads no worker could read, as dead letters have: they name no event.
+         insert into jobs (kind, status, attempts, payload) values
+             ('notify_owner', 'dead', 1, '{\"outbox_ids\": [null, \"x\"]}'),
+             ('notify_owner', 'dead', 1, '{\"event_id\": \"x\"}'),
+             ('notify_owner', 'pending', 1, '{\"outbox_ids\": 5, \"events\": 5}');
          insert into dead_jobs (job_id, kind, payload, attempts, created_at)
          select id, kind, payload, attempts, created_at from jobs where status = 'dead';",
     )

@@ -100,14 +100,16 @@ impl JobKind for NotifyOwner {
     async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
         let mut results: Vec<Option<Result<(), JobError>>> = jobs.iter().map(|_| None).collect();
         let mut running: Vec<usize> = (0..jobs.len()).collect();
-        // At most twice: the second run leaves out every job that named a missing event.
+        // Each run that finds events missing leaves out the jobs that named them; usually the
+        // second run is the last (more only if rows are deleted meanwhile).
         while !running.is_empty() {
             let notified = notify(&db, running.iter().map(|&at| &jobs[at])).await;
             match notified {
-                Ok(Notified::Missing(missing)) => {
+                Ok(Notified::Missing(mut missing)) => {
+                    missing.sort_unstable();
+                    let before = running.len();
                     running.retain(|&at| {
-                        let job = &jobs[at];
-                        let gone: Vec<i64> = job
+                        let gone: Vec<i64> = jobs[at]
                             .payload
                             .outbox_ids()
                             .iter()
@@ -120,10 +122,24 @@ impl JobKind for NotifyOwner {
                         results[at] = Some(Err(JobError::Permanent(anyhow::anyhow!(
                             "events {gone:?} of this job are no longer in the outbox \
                              (deleted by hand? scripts/purge keeps them): their owners \
-                             cannot be notified"
+                             cannot be notified; the job's other events are not notified \
+                             either (scripts/replay-events relays those again)"
                         ))));
                         false
                     });
+                    if running.len() == before {
+                        // Missing ids no job here named: never expected; retry them all
+                        // rather than loop.
+                        let error = anyhow::anyhow!(
+                            "the notify statement reported events {missing:?} missing, \
+                             which none of its jobs named"
+                        );
+                        for &at in &running {
+                            results[at] =
+                                Some(Err(JobError::Retryable(anyhow::anyhow!("{error:#}"))));
+                        }
+                        break;
+                    }
                 }
                 done => {
                     if let Ok(Notified::Written(written)) = &done {

@@ -154,7 +154,40 @@ async fn with_relay_notify_payload_events_notify_jobs_carry_their_events_whole_a
         .await,
         300
     );
+    let payloads: Vec<serde_json::Value> = p
+        .column("select payload from jobs where kind = 'notify_owner'")
+        .await;
+    let events: usize = payloads
+        .into_iter()
+        .map(|payload| match serde_json::from_value(payload) {
+            Ok(PayloadBefore0019::Batch { events }) => events.len(),
+            Ok(PayloadBefore0019::One(_)) => 1,
+            Err(error) => panic!("a worker from before 0019 cannot read it: {error}"),
+        })
+        .sum();
+    assert_eq!(events, 300);
     p.assert_notified_once_each(&runs, 300).await;
+}
+
+/// A notify payload as workers from before db/migrations/0019 read it.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+#[allow(dead_code)] // read, and only counted
+enum PayloadBefore0019 {
+    Batch { events: Vec<EventBefore0019> },
+    One(EventBefore0019),
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // the fields a worker from before 0019 requires
+struct EventBefore0019 {
+    event_id: uuid::Uuid,
+    event_type: String,
+    review_id: uuid::Uuid,
+    product_id: uuid::Uuid,
+    author_id: String,
+    actor_id: Option<String>,
+    request_id: Option<String>,
 }
 
 #[tokio::test]
