@@ -34,9 +34,6 @@ pub struct RelayConstants {
     pub recompute_interval: Duration,
     /// How the statement commits (it is the worker's bookkeeping).
     pub bookkeeping: Bookkeeping,
-    /// Whether notify jobs carry their events whole, for workers from before
-    /// db/migrations/0019 (`relay_settings.notify_events_whole`; `RELAY_NOTIFY_PAYLOAD`).
-    pub notify_events_whole: bool,
 }
 
 /// The relay's two statements for a set of job kinds, built once per worker and run by
@@ -120,10 +117,7 @@ impl RelayStatements {
             relay_statement_text(
                 &made,
                 constants.batch_size,
-                &format!(
-                    "{interval_ms}::int8, {}::bool",
-                    constants.notify_events_whole
-                ),
+                interval_ms,
                 chosen,
                 constants.bookkeeping,
             )
@@ -172,19 +166,18 @@ impl RelayStatements {
 /// since lasts a second at most.
 pub const RELAY_PLAN_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// The text of a relay statement: `made`, the kinds' selects; `settings`, the values of
-/// `relay_settings`; `chosen`, a select of `new_jobs` adding `start`, whether the job is
-/// created started.
+/// The text of a relay statement: `made`, the kinds' selects; `chosen`, a select of
+/// `new_jobs` adding `start`, whether the job is created started.
 fn relay_statement_text(
     made: &str,
     batch_size: i64,
-    settings: &str,
+    interval_ms: i64,
     chosen: &str,
     bookkeeping: Bookkeeping,
 ) -> String {
     format!(
-        "with relay_settings (recompute_interval_ms, notify_events_whole) as (
-             values ({settings})
+        "with relay_settings (recompute_interval_ms) as (
+             values ({interval_ms}::int8)
          ), relayed as (
              -- By ctid, not by a join on id: a TID scan, whatever the planner thinks of the
              -- backlog's size. The locked rows cannot move: pending rows are only ever

@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NotifyPayload;
 use crate::doorbell::{Doorbell, Nap};
-use crate::jobs::JobRegistry;
+use crate::jobs::notify_owner::NotifyOwner;
+use crate::jobs::{JobKind, JobRegistry};
 use crate::listener::Bells;
 use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
@@ -98,15 +99,19 @@ pub fn statements_with(
     notify_payload: NotifyPayload,
 ) -> RelayStatements {
     RelayStatements::new(
-        registry
-            .relayed_kinds()
-            .iter()
-            .map(|kind| (kind.name, kind.from_events)),
+        registry.relayed_kinds().iter().map(|kind| {
+            let whole = kind.name == NotifyOwner::NAME && notify_payload == NotifyPayload::Events;
+            let from_events = if whole {
+                NotifyOwner::FROM_EVENTS_WHOLE
+            } else {
+                kind.from_events
+            };
+            (kind.name, from_events)
+        }),
         RelayConstants {
             batch_size,
             recompute_interval,
             bookkeeping,
-            notify_events_whole: notify_payload == NotifyPayload::Events,
         },
     )
 }

@@ -46,10 +46,9 @@ pub trait JobKind: Send + Sync + 'static {
     /// How the relay makes this kind's jobs from the events it claims: a `select` from
     /// `claimed c` (the batch's outbox rows) giving `event_id uuid, coalesce_key text,
     /// payload jsonb, run_at timestamptz` per job. `relay_settings` holds the worker's
-    /// settings it may read: `recompute_interval_ms` (`RATING_RECOMPUTE_INTERVAL`) and
-    /// `notify_events_whole` (`RELAY_NOTIFY_PAYLOAD=events`). It takes no parameters: the
-    /// relay's statement has the settings written in, so Postgres plans it once (see
-    /// `reviews_db::outbox::RelayStatements`).
+    /// settings it may read: `recompute_interval_ms` (`RATING_RECOMPUTE_INTERVAL`). It takes
+    /// no parameters: the relay's statement has the settings written in, so Postgres plans
+    /// it once (see `reviews_db::outbox::RelayStatements`).
     const FROM_EVENTS: &'static str;
     /// Whether the jobs of this kind started together run in one call (their work is one
     /// statement), or one call per job.

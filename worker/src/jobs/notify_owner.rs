@@ -63,22 +63,12 @@ impl Payload {
     }
 }
 
-impl JobKind for NotifyOwner {
-    const NAME: &'static str = "notify_owner";
-    type Payload = Payload;
-    const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
-    const IN_BATCHES: bool = true;
-    const COMPLETES_ITSELF: bool = true;
-    // One job for the whole batch: its events' outbox ids, in order; or, with
-    // RELAY_NOTIFY_PAYLOAD=events (`relay_settings.notify_events_whole`), the events whole.
-    // The setting is a constant of the statement: the branch it turns off is never run.
-    const FROM_EVENTS: &'static str = "
-        select null::uuid, null::text,
-               jsonb_build_object('outbox_ids', jsonb_agg(c.id order by c.id)), now()
-        from claimed c
-        where not (select notify_events_whole from relay_settings)
-        having count(*) > 0
-        union all
+impl NotifyOwner {
+    /// [`JobKind::FROM_EVENTS`] with every event whole, the form workers from before
+    /// db/migrations/0019 read: what the relay uses instead with `RELAY_NOTIFY_PAYLOAD=events`
+    /// (a statement of its own, not a branch of one: Postgres plans the relay statement
+    /// about once a second per connection, and each branch costs planning time).
+    pub const FROM_EVENTS_WHOLE: &'static str = "
         select null::uuid, null::text,
                jsonb_build_object('events', jsonb_agg(jsonb_build_object(
                    'event_id', c.event_id,
@@ -91,7 +81,20 @@ impl JobKind for NotifyOwner {
                    'request_id', c.request_id) order by c.id)),
                now()
         from claimed c
-        where (select notify_events_whole from relay_settings)
+        having count(*) > 0";
+}
+
+impl JobKind for NotifyOwner {
+    const NAME: &'static str = "notify_owner";
+    type Payload = Payload;
+    const DEFAULT_POLICY: RetryPolicy = RetryPolicy::FALLBACK;
+    const IN_BATCHES: bool = true;
+    const COMPLETES_ITSELF: bool = true;
+    // One job for the whole batch: its events' outbox ids, in order.
+    const FROM_EVENTS: &'static str = "
+        select null::uuid, null::text,
+               jsonb_build_object('outbox_ids', jsonb_agg(c.id order by c.id)), now()
+        from claimed c
         having count(*) > 0";
 
     /// Writes the notifications of every job's events and marks the jobs done, in one
