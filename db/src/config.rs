@@ -10,7 +10,7 @@ use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::sql::{Sql, StoreError};
-use crate::statements::CachingManager;
+use crate::statements::{CachingManager, PlanCache};
 use crate::tls::{RootCertError, RootCerts, SslMode};
 use reviews_service::pool::LastError;
 use reviews_service::settings::parse_secret;
@@ -388,9 +388,20 @@ impl Db {
     /// Builds a pool that connects lazily, so the API can start (and answer /readyz with 503)
     /// while Postgres is still coming up.
     pub fn connect_lazy(target: PgTarget, max_size: u32, mode: PoolMode) -> Self {
+        Self::connect_lazy_planning(target, max_size, mode, PlanCache::Auto)
+    }
+
+    /// [`Db::connect_lazy`], with prepared statements planned as `plans` says.
+    pub fn connect_lazy_planning(
+        target: PgTarget,
+        max_size: u32,
+        mode: PoolMode,
+        plans: PlanCache,
+    ) -> Self {
         let manager = CachingManager {
             inner: PostgresConnectionManager::new(target.config, target.tls),
             keep_statements: mode == PoolMode::Session,
+            plans,
         };
         let last_error = LastError::default();
         let pool = bb8::Pool::builder()

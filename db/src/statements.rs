@@ -94,6 +94,24 @@ impl CachedClient {
 pub struct CachingManager {
     pub inner: PostgresConnectionManager<MakeRustlsConnect>,
     pub keep_statements: bool,
+    /// How Postgres plans this pool's prepared statements (a session setting: only where
+    /// statements are kept).
+    pub plans: PlanCache,
+}
+
+/// How Postgres plans a pool's prepared statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlanCache {
+    /// Postgres's choice: five plans for the values of each run, then the generic plan if
+    /// it costs no more than they did.
+    #[default]
+    Auto,
+    /// One generic plan per prepare (`plan_cache_mode = force_generic_plan`). For the
+    /// worker, whose relay statement is prepared again every second on each connection it
+    /// uses (`RELAY_PLAN_MAX_AGE`): its start-count parameter cost five plans of 3-4 ms after
+    /// each prepare, about 0.6 ms per relay call at 200/s (docs/PERFORMANCE.md, run K).
+    /// The worker's statements look rows up by key, whatever their parameters.
+    Generic,
 }
 
 impl bb8::ManageConnection for CachingManager {
@@ -101,8 +119,14 @@ impl bb8::ManageConnection for CachingManager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<CachedClient, Self::Error> {
+        let client = self.inner.connect().await?;
+        if self.keep_statements && self.plans == PlanCache::Generic {
+            client
+                .batch_execute("set plan_cache_mode = force_generic_plan")
+                .await?;
+        }
         Ok(CachedClient {
-            client: self.inner.connect().await?,
+            client,
             statements: Mutex::default(),
             keeps_statements: self.keep_statements,
         })

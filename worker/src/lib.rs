@@ -51,6 +51,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use reviews_db::retry_policies::insert_missing_retry_policies;
+use reviews_db::statements::PlanCache;
 use reviews_db::{Bookkeeping, Db};
 use tokio_util::sync::CancellationToken;
 
@@ -88,8 +89,13 @@ pub async fn start(
         true => Bookkeeping::Asynchronous,
         false => Bookkeeping::Synchronous,
     };
-    let db = Db::connect_lazy(targets.pool, args.db.db_pool_size, targets.pool_mode)
-        .with_bookkeeping(bookkeeping);
+    let db = Db::connect_lazy_planning(
+        targets.pool,
+        args.db.db_pool_size,
+        targets.pool_mode,
+        PlanCache::Generic,
+    )
+    .with_bookkeeping(bookkeeping);
     let queue = Arc::new(
         JobQueue::new(args.redis.target()?, &args.redis.redis_prefix)
             .context("while reading REDIS_URL / REDIS_CLUSTER_NODES / REDIS_*")?,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use reviews_db::jobs::{complete_jobs_sql, start_jobs_sql};
 use reviews_db::outbox::{relay_and_start, relay_pending_events};
 use reviews_db::sql::AsClient;
-use reviews_db::Bookkeeping;
+use reviews_db::statements::PlanCache;
+use reviews_db::{Bookkeeping, PoolMode};
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::relay::statements_for;
 
@@ -74,6 +75,16 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
         assert!(!plan.contains("jobs_pending_run_at"), "{plan}");
         assert!(plan.contains("jobs_pkey"), "{plan}");
     }
+    // The worker's pool plans generically (`PlanCache::Generic`): so must these.
+    client
+        .batch_execute("set plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    for sql in [start_jobs_sql(), complete_jobs_sql()] {
+        let plan = plan(sql).await;
+        assert!(!plan.contains("jobs_pending_run_at"), "generic: {plan}");
+        assert!(plan.contains("jobs_pkey"), "generic: {plan}");
+    }
 
     // And they do their job: start records an attempt, complete marks done.
     let conn = p.db.conn().await.unwrap();
@@ -89,6 +100,44 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
         .count("select count(*) from jobs where status = 'done' and attempts = 1")
         .await;
     assert_eq!(done, ids.len() as i64);
+}
+
+/// A pool on the test's database that plans as the worker's does.
+fn worker_pool(p: &TestPipeline) -> reviews_db::Db {
+    reviews_db::Db::connect_lazy_planning(
+        reviews_db::PgTarget::plaintext(p.database.config.clone()),
+        4,
+        PoolMode::Session,
+        PlanCache::Generic,
+    )
+}
+
+#[tokio::test]
+async fn the_workers_pool_plans_its_statements_generically_and_a_transaction_pooler_is_left_alone()
+{
+    let p = TestPipeline::new().await;
+    let pool = |mode, plans| {
+        reviews_db::Db::connect_lazy_planning(
+            reviews_db::PgTarget::plaintext(p.database.config.clone()),
+            2,
+            mode,
+            plans,
+        )
+    };
+    for (mode, plans, expected) in [
+        (PoolMode::Session, PlanCache::Generic, "force_generic_plan"),
+        (PoolMode::Session, PlanCache::Auto, "auto"),
+        // Behind a transaction pooler a session setting would reach other clients' sessions.
+        (PoolMode::Transaction, PlanCache::Generic, "auto"),
+    ] {
+        let conn = pool(mode, plans).conn().await.unwrap();
+        let setting: String = conn
+            .query_one("show plan_cache_mode", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, expected, "{mode:?} {plans:?}");
+    }
 }
 
 #[tokio::test]
@@ -173,7 +222,8 @@ async fn the_relay_statements_are_planned_once_and_their_plans_still_look_up_by_
 {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
-    let db = p.db.clone().with_bookkeeping(Bookkeeping::Asynchronous);
+    // Planned as the worker's pool plans them.
+    let db = worker_pool(&p).with_bookkeeping(Bookkeeping::Asynchronous);
     let conn = db.conn().await.unwrap();
     let statements = statements_for(
         &JobRegistry::standard(),
@@ -283,7 +333,7 @@ async fn a_relay_plan_made_for_tiny_tables_is_made_again_once_it_is_old() {
     // made: what autovacuum leaves in outbox_pending whenever the relay keeps up.
     p.add_reviews(product, authors("first", 3)).await;
     p.sql("analyze outbox, outbox_pending, jobs").await;
-    let conn = p.db.conn().await.unwrap();
+    let conn = worker_pool(&p).conn().await.unwrap();
     let statements = |max_age| {
         statements_for(
             &JobRegistry::standard(),
