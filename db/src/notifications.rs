@@ -108,13 +108,10 @@ pub async fn notify_product_owners<C: AsClient>(
     let row = db
         .query_typed_one(
             "with from_outbox as materialized (
-                 -- `(select $6)`: a value the plan does not see, so Postgres's generic plan
-                 -- costs what its custom plans cost and is kept, instead of planning each call
-                 -- (a custom plan of a one-event job looked ten times cheaper).
                  select o.event_id, o.event_type as kind, o.review_id, o.product_id,
                         coalesce(o.payload->'new'->>'author_id',
                                  o.payload->'old'->>'author_id') as author_id
-                 from unnest((select $6::int8[])) as wanted (id)
+                 from unnest($6::int8[]) as wanted (id)
                  cross join lateral (select * from outbox o
                                      where o.id = wanted.id offset 0) o
              ), missing as materialized (
