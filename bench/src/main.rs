@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         stack.reset().await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let hand_offs_before = hand_offs(&stack).await;
+        let relay_before = RelayRests::read(&stack).await;
         let started = Instant::now();
         let (done, acknowledged) = match via {
             "sql" => {
@@ -135,6 +136,9 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let achieved = done as f64 / started.elapsed().as_secs_f64();
+        let relay = RelayRests::read(&stack)
+            .await
+            .since(&relay_before, started.elapsed());
         measure::wait_until_idle(&client, Duration::from_secs(120)).await?;
         let job = measure::commit_to_job_start(&client).await?;
         let handler = measure::commit_to_handler_start(&client, &stack.ledger_path()).await?;
@@ -160,6 +164,10 @@ async fn main() -> anyhow::Result<()> {
             "  jobs handed over by the relay / refused hand-offs",
             format!("{handed_over:.0} of {jobs} / {refused:.0}"),
         );
+        row(
+            "  relay's looks / sleeps on the doorbell / look-again waits",
+            relay.describe(),
+        );
         // The writer's view: from its commit's acknowledgement (SQL only: through GraphQL the
         // writer hears of the commit only with the HTTP response, well after it).
         let from_ack = match &acknowledged {
@@ -174,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
             &format!("{via} {rate}/s: commit -> rating visible"),
             lat(&rating),
         );
-        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_handler_start_ms": handler, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating, "jobs": jobs, "handed_over": handed_over, "hand_offs_refused": refused}));
+        report.insert(format!("latency_{via}_{rate}"), json!({"achieved_per_s": achieved, "commit_to_job_start_ms": job, "commit_to_handler_start_ms": handler, "acknowledged_commit_to_job_start_ms": from_ack, "commit_to_relay_ms": to_relay, "relay_to_job_start_ms": relay_to_start, "commit_to_rating_visible_ms": rating, "jobs": jobs, "handed_over": handed_over, "hand_offs_refused": refused, "relay": relay.json()}));
     }
 
     // Highest sustained rate: flat out, then how long the worker needs to catch up.
@@ -430,4 +438,70 @@ async fn hand_offs(stack: &stack::Stack) -> (f64, f64) {
             .await
             .unwrap_or(0.0),
     )
+}
+
+/// How the relay spent a phase between looks (the worker's relay_* counters), per second.
+#[derive(Default)]
+struct RelayRests {
+    looks: f64,
+    looks_found_nothing: f64,
+    sleeps: f64,
+    look_again_waits: f64,
+    look_again_wait_seconds: f64,
+}
+
+impl RelayRests {
+    async fn read(stack: &stack::Stack) -> Self {
+        let port = stack.worker_metrics_port;
+        let metric = |name: &'static str| async move {
+            stack::worker_metric(port, name).await.unwrap_or(0.0)
+        };
+        RelayRests {
+            looks: metric("relay_looks_total").await,
+            looks_found_nothing: metric("relay_looks_found_nothing_total").await,
+            sleeps: metric("relay_sleeps_total").await,
+            look_again_waits: metric("relay_look_again_wait_seconds_count").await,
+            look_again_wait_seconds: metric("relay_look_again_wait_seconds_sum").await,
+        }
+    }
+
+    /// The counts from `before` to these, per second of `elapsed`.
+    fn since(&self, before: &RelayRests, elapsed: Duration) -> Self {
+        let per_s = |now: f64, then: f64| (now - then) / elapsed.as_secs_f64();
+        RelayRests {
+            looks: per_s(self.looks, before.looks),
+            looks_found_nothing: per_s(self.looks_found_nothing, before.looks_found_nothing),
+            sleeps: per_s(self.sleeps, before.sleeps),
+            look_again_waits: per_s(self.look_again_waits, before.look_again_waits),
+            look_again_wait_seconds: per_s(
+                self.look_again_wait_seconds,
+                before.look_again_wait_seconds,
+            ),
+        }
+    }
+
+    fn mean_wait_ms(&self) -> f64 {
+        if self.look_again_waits > 0.0 {
+            self.look_again_wait_seconds / self.look_again_waits * 1000.0
+        } else {
+            0.0
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:.0}/s ({:.0}/s found nothing) / {:.1}/s / {:.0}/s, {:.2} ms mean",
+            self.looks,
+            self.looks_found_nothing,
+            self.sleeps,
+            self.look_again_waits,
+            self.mean_wait_ms()
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"looks_per_s": self.looks, "looks_found_nothing_per_s": self.looks_found_nothing,
+               "sleeps_per_s": self.sleeps, "look_again_waits_per_s": self.look_again_waits,
+               "look_again_wait_mean_ms": self.mean_wait_ms()})
+    }
 }

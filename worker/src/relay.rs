@@ -15,17 +15,19 @@
 //! statement between the claim and the handler. If the queue has unread entries by then,
 //! the enqueue refuses them; their attempts are given back and they are enqueued as usual.
 //!
-//! When it runs out of work it tries to go to sleep (`doorbell`), never waiting for a
-//! writer. Asleep, it looks once more (writers that found it awake have committed by then)
-//! and waits for the bell, or the slow poll, the safety net for a missed bell. When a writer
-//! is in flight it cannot sleep: it looks again on a short timer until it can: 1 ms after a
-//! look that found events (under steady writes a writer is nearly always in flight, and the
-//! timer is what an event waits for), doubling to 50 ms while looks find nothing (a writer
-//! holding its transaction open). Reconciliation runs apart, on its own cadence
-//! (`reconciler`).
+//! When it runs out of work (a batch smaller than the batch size) it tries to go to sleep
+//! (`doorbell`), never waiting for a writer. Asleep, it looks once more (writers that found it
+//! awake have committed by then) and waits for the bell, or the slow poll, the safety net for
+//! a missed bell. When a writer is in flight it cannot sleep: it looks again at once if its
+//! last look found events (under steady writes a writer is nearly always in flight, and more
+//! events have committed meanwhile), 1 ms after looks that found nothing, and, once nothing
+//! has been found for 25 ms (a writer holding its transaction open), on a timer doubling to
+//! 50 ms. The `relay_looks_total`, `relay_looks_found_nothing_total`, `relay_sleeps_total`
+//! and `relay_look_again_wait_seconds` metrics show how it spends its time (the bench prints
+//! them per latency phase). Reconciliation runs apart, on its own cadence (`reconciler`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reviews_db::jobs::{hand_back_jobs, StartedJob};
 use reviews_db::outbox::{relay_and_start, RelayConstants, RelayStatements};
@@ -42,12 +44,50 @@ use crate::promoter::DelayedBell;
 use crate::queue::JobQueue;
 use crate::runner::{HandOff, Reserved};
 
-/// How soon a relay that cannot sleep (a writer is in flight) looks again after a look that
-/// found events…
+/// How soon a relay that cannot sleep (a writer is in flight) looks again after looks that
+/// found nothing…
 const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(1);
-/// …doubling, while looks find nothing, up to this: how late an event can be relayed while a
-/// writer's transaction stays open.
+/// …for as long as its last look that found events is this recent: under steady writes, when
+/// commits wait behind slow WAL flushes, looks find nothing for a few milliseconds at a time,
+/// and a longer rest would only add to every event's wait…
+const LOOK_AGAIN_PATIENCE: Duration = Duration::from_millis(25);
+/// …and after that, doubling up to this: a writer holding its transaction open. How late an
+/// event can be relayed while that lasts.
 const LOOK_AGAIN_CAP: Duration = Duration::from_millis(50);
+
+/// When a relay that cannot sleep looks again (see the module docs).
+struct LookAgain {
+    backoff: Backoff,
+    found_events_at: Instant,
+}
+
+impl LookAgain {
+    fn new(now: Instant) -> Self {
+        LookAgain {
+            backoff: Backoff::new(LOOK_AGAIN_FIRST, LOOK_AGAIN_CAP),
+            found_events_at: now,
+        }
+    }
+
+    /// The rest before the next look, at `now`, after looks that relayed `relayed` events.
+    fn after(&mut self, relayed: i64, now: Instant) -> Duration {
+        if relayed > 0 {
+            // More are likely committed already: look again at once.
+            self.reset(now);
+            return Duration::ZERO;
+        }
+        if now.duration_since(self.found_events_at) < LOOK_AGAIN_PATIENCE {
+            self.backoff.reset();
+        }
+        self.backoff.next_delay()
+    }
+
+    /// It slept: the writers it waited for have ended.
+    fn reset(&mut self, now: Instant) {
+        self.found_events_at = now;
+        self.backoff.reset();
+    }
+}
 
 /// What one relay pass found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,33 +300,44 @@ impl Relay {
         }
     }
 
-    /// Relays until there is nothing left; returns how many events.
+    /// Relays until there is nothing left; returns how many events. A batch smaller than the
+    /// batch size emptied the outbox as its statement saw it (rows another relay holds are
+    /// that relay's): looking again at once would find only what committed since, which the
+    /// next look finds as well, so the drain ends there.
     async fn drain(&self) -> anyhow::Result<i64> {
         let mut total = 0;
-        while let RelayOutcome::Relayed { events } = self.relay_batch().await? {
+        loop {
+            let outcome = self.relay_batch().await?;
+            metrics::counter!("relay_looks_total").increment(1);
+            let RelayOutcome::Relayed { events } = outcome else {
+                metrics::counter!("relay_looks_found_nothing_total").increment(1);
+                return Ok(total);
+            };
             total += events;
+            if events < self.statements.batch_size() {
+                return Ok(total);
+            }
         }
-        Ok(total)
     }
 
     /// Runs until `shutdown`: drain, try to sleep, wait for the bell (see the module docs).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = Backoff::reconnecting();
-        let mut looking = Backoff::new(LOOK_AGAIN_FIRST, LOOK_AGAIN_CAP);
+        let mut look_again = LookAgain::new(Instant::now());
         let mut nap = Ok((Nap::KeepLooking, 0));
         loop {
             let rest = match &nap {
                 Ok((Nap::Asleep | Nap::AnotherRelaySleeps, _)) => {
+                    metrics::counter!("relay_sleeps_total").increment(1);
                     failures.reset();
-                    looking.reset();
+                    look_again.reset(Instant::now());
                     self.poll_interval
                 }
                 Ok((Nap::KeepLooking, relayed)) => {
                     failures.reset();
-                    if *relayed > 0 {
-                        looking.reset();
-                    }
-                    looking.next_delay()
+                    let rest = look_again.after(*relayed, Instant::now());
+                    metrics::histogram!("relay_look_again_wait_seconds").record(rest.as_secs_f64());
+                    rest
                 }
                 Err(error) => {
                     let delay = failures.next_delay();
@@ -337,5 +388,42 @@ impl Relay {
                 more => relayed += more,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_relay_that_cannot_sleep_looks_again_at_once_after_events_then_patiently_then_backs_off() {
+        let start = Instant::now();
+        let mut look_again = LookAgain::new(start);
+        assert_eq!(look_again.after(7, start), Duration::ZERO);
+        // Nothing found, but events were found recently: 1 ms every time.
+        for at in [1, 5, 10, 24] {
+            assert_eq!(look_again.after(0, start + ms(at)), ms(1), "at {at} ms");
+        }
+        // Nothing found for longer than the patience: doubling from there up to the cap.
+        let rests: Vec<Duration> = (0..8)
+            .map(|i| look_again.after(0, start + ms(26 + i)))
+            .collect();
+        assert_eq!(
+            rests,
+            [2, 4, 8, 16, 32, 50, 50, 50].map(ms),
+            "a writer holding its transaction open"
+        );
+        // Events again: at once, and patient again after.
+        let later = start + ms(200);
+        assert_eq!(look_again.after(1, later), Duration::ZERO);
+        assert_eq!(look_again.after(0, later + ms(20)), ms(1));
+        // After a sleep, patient from the wake-up.
+        look_again.reset(later + ms(500));
+        assert_eq!(look_again.after(0, later + ms(510)), ms(1));
+        assert_eq!(look_again.after(0, later + ms(511)), ms(1));
     }
 }

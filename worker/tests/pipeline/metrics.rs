@@ -59,3 +59,87 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
         );
     }
 }
+
+/// A counter from the worker's /metrics (0 before its first increment).
+async fn counter(port: u16, name: &str) -> f64 {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+/// Waits until the worker's relay has gone to sleep on the doorbell `sleeps` times in all.
+async fn wait_for_sleeps(port: u16, sleeps: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counter(port, "relay_sleeps_total").await < sleeps {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never went to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asleep() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+        .env("DATABASE_URL", url_of(&p.database.config))
+        .env(redis_env(&p).0, redis_env(&p).1)
+        .env("REDIS_PREFIX", &p.prefix)
+        // No slow poll within the test: every look after start-up follows the bell.
+        .env("OUTBOX_POLL_INTERVAL", "10min")
+        .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KilledOnDrop(child);
+    // Started up: it found nothing and sleeps.
+    let metrics_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < metrics_up,
+            "no metrics served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_sleeps(port, 1.0).await;
+    // The listener's first connection rings once, which may come after that first sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let looks = counter(port, "relay_looks_total").await;
+    let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
+    let sleeps = counter(port, "relay_sleeps_total").await;
+
+    // One writer transaction, three events: one bell.
+    p.sql(&format!(
+        "insert into reviews (product_id, author_id, rating, title, body)
+         values ('{product}', 'a', 5, 't', 'b'), ('{product}', 'b', 4, 't', 'b'),
+                ('{product}', 'c', 3, 't', 'b')"
+    ))
+    .await;
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    wait_for_sleeps(port, sleeps + 1.0).await;
+
+    // The look that relays the three finds fewer than a batch: the outbox is empty, so the
+    // relay tries to sleep at once, and asleep looks once more (nothing), as it must.
+    assert_eq!(counter(port, "relay_events_total").await, 3.0);
+    assert_eq!(counter(port, "relay_looks_total").await - looks, 2.0);
+    assert_eq!(
+        counter(port, "relay_looks_found_nothing_total").await - found_nothing,
+        1.0
+    );
+    assert_eq!(counter(port, "relay_sleeps_total").await, sleeps + 1.0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
