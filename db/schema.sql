@@ -453,6 +453,21 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.time_ordered_uuid() RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    AS $$
+    select encode(
+        set_bit(
+            set_bit(
+                overlay(uuid_send(gen_random_uuid())
+                        placing substring(int8send(floor(extract(epoch from clock_timestamp())
+                                                         * 1000)::bigint) from 3)
+                        from 1 for 6),
+                52, 1),
+            53, 1),
+        'hex')::uuid
+$$;
+
 CREATE TABLE public.dead_jobs (
     id bigint NOT NULL,
     job_id bigint NOT NULL,
@@ -501,7 +516,7 @@ ALTER TABLE public.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 CREATE TABLE public.notifications (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT public.time_ordered_uuid() NOT NULL,
     recipient_id text NOT NULL,
     kind text NOT NULL,
     review_id uuid,
@@ -513,7 +528,7 @@ CREATE TABLE public.notifications (
 
 CREATE TABLE public.outbox (
     id bigint NOT NULL,
-    event_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    event_id uuid DEFAULT public.time_ordered_uuid() NOT NULL,
     event_type text NOT NULL,
     review_id uuid NOT NULL,
     product_id uuid NOT NULL,

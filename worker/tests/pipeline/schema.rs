@@ -75,3 +75,51 @@ async fn the_lock_keys_sql_names_are_the_keys_rust_names() {
     keys.dedup();
     assert_eq!(keys.len(), count, "two locks share a key");
 }
+
+/// Event ids and notification ids are time-ordered (db/migrations/0020): version 7, their
+/// first 48 bits the milliseconds of their making, so each index on them grows at one edge.
+#[tokio::test]
+async fn event_and_notification_ids_are_time_ordered() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let worker = p.start_worker().await;
+    for batch in ["a", "b", "c"] {
+        p.add_reviews(product, authors(batch, 2)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    p.wait_until_idle(std::time::Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    // Per table: ids in the order rows were made, and the time each was made.
+    for (table, made_at, order) in [
+        ("outbox", "occurred_at", "id"),
+        // One handler's notifications share their transaction's time: made in id order.
+        ("notifications", "created_at", "created_at, id"),
+    ] {
+        let rows: Vec<String> = p
+            .column(&format!(
+                "select (id_text || ' ' || floor(extract(epoch from {made_at}) * 1000)::bigint)
+                 from (select {id}::text as id_text, {made_at} from {table} order by {order}) t",
+                id = if table == "outbox" { "event_id" } else { "id" },
+            ))
+            .await;
+        assert_eq!(rows.len(), 6, "{table}: {rows:?}");
+        let mut last_ms = 0;
+        for row in &rows {
+            let (id, made_ms) = row.split_once(' ').unwrap();
+            assert_eq!(&id[14..15], "7", "{table}: {id} is not of version 7");
+            let id_ms = i64::from_str_radix(&id.replace('-', "")[..12], 16).unwrap();
+            let made_ms: i64 = made_ms.parse().unwrap();
+            // The id is made within the transaction whose time the row records.
+            assert!(
+                (made_ms..made_ms + 5_000).contains(&id_ms),
+                "{table}: {id} holds {id_ms} ms, the row was made at {made_ms}"
+            );
+            assert!(
+                id_ms >= last_ms,
+                "{table}: {id} is older than the row before"
+            );
+            last_ms = id_ms;
+        }
+    }
+}
