@@ -193,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
     };
     for &via in sustained_runs {
         stack.reset().await?;
+        let relay_before = RelayRests::read(&stack).await;
         let started = Instant::now();
         let (done, latencies) = match via {
             "sql" => {
@@ -202,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
             _ => load::graphql_inserts(&stack, 32, None, phase).await?,
         };
         let rate = done as f64 / started.elapsed().as_secs_f64();
+        let relay = RelayRests::read(&stack)
+            .await
+            .since(&relay_before, started.elapsed());
         let catch_up = measure::wait_until_idle(&client, Duration::from_secs(300)).await?;
         let mut value = format!(
             "{rate:.0} reviews/s; worker done {:.2} s after the load",
@@ -227,7 +231,11 @@ async fn main() -> anyhow::Result<()> {
             ),
             value,
         );
-        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies))}));
+        row(
+            "  relay's looks / sleeps on the doorbell / look-again waits",
+            relay.describe(),
+        );
+        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies)), "relay": relay.json()}));
     }
 
     // API alone (worker stopped), loaded by wrk: addReview and a 20-review page.
