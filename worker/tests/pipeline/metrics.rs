@@ -7,22 +7,27 @@ use reviews_db::testing::url_of;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
-    let p = TestPipeline::new().await;
-    let product = p.create_product("owner").await;
-    let port = free_port();
+/// The worker binary on `p`'s database and queue, serving metrics on `port`.
+fn worker_serving_metrics(p: &TestPipeline, port: u16, poll_interval: &str) -> KilledOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
         .env("DATABASE_URL", url_of(&p.database.config))
-        .env(redis_env(&p).0, redis_env(&p).1)
+        .env(redis_env(p).0, redis_env(p).1)
         .env("REDIS_PREFIX", &p.prefix)
-        .env("OUTBOX_POLL_INTERVAL", "200ms")
+        .env("OUTBOX_POLL_INTERVAL", poll_interval)
         .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = KilledOnDrop(child);
+    KilledOnDrop(child)
+}
+
+#[tokio::test]
+async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let port = free_port();
+    let mut child = worker_serving_metrics(&p, port, "200ms");
     p.add_reviews(product, authors("r", 3)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     // Let one slow poll sample the gauges.
@@ -90,18 +95,8 @@ async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asle
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
-        .env("DATABASE_URL", url_of(&p.database.config))
-        .env(redis_env(&p).0, redis_env(&p).1)
-        .env("REDIS_PREFIX", &p.prefix)
-        // No slow poll within the test: every look after start-up follows the bell.
-        .env("OUTBOX_POLL_INTERVAL", "10min")
-        .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KilledOnDrop(child);
+    // No slow poll within the test: every look after start-up follows the bell.
+    let mut child = worker_serving_metrics(&p, port, "10min");
     // Started up: it found nothing and sleeps.
     let metrics_up = tokio::time::Instant::now() + Duration::from_secs(20);
     while reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -115,8 +110,15 @@ async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asle
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_sleeps(port, 1.0).await;
-    // The listener's first connection rings once, which may come after that first sleep.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The listener's first connection rings once, which may come after that first sleep:
+    // wait until the relay has slept through 300 ms.
+    loop {
+        let sleeps = counter(port, "relay_sleeps_total").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if counter(port, "relay_sleeps_total").await == sleeps {
+            break;
+        }
+    }
     let looks = counter(port, "relay_looks_total").await;
     let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
     let sleeps = counter(port, "relay_sleeps_total").await;
