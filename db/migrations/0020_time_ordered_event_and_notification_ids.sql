@@ -9,6 +9,11 @@
 -- into a bare one (docs/PERFORMANCE.md run K): that insert bounds the drain.
 -- Ids already written stay as they are; nothing reads an order into them.
 
+-- Changing a default takes each table's ACCESS EXCLUSIVE lock for a moment, but waiting for
+-- it behind a writer's open transaction would queue every new writer behind this migration:
+-- give up after 5 s instead (the migration fails with "lock timeout" and can be run again).
+set local lock_timeout = '5s';
+
 -- A UUID of version 7: a v4 (random) one with its first 48 bits replaced by the time in
 -- milliseconds, and its version nibble set from 4 (0100) to 7 (0111). set_bit numbers the
 -- bits of each byte from its least significant one: byte 6's high nibble is bits 52-55.

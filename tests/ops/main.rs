@@ -822,6 +822,14 @@ async fn each_process_role_may_do_what_its_process_does_and_nothing_more() {
             .batch_execute("select secret from webhooks")
             .await
             .unwrap();
+        // A notification takes its id from time_ordered_uuid() (db/migrations/0020).
+        worker_sql
+            .batch_execute(
+                "insert into notifications (recipient_id, kind, event_id)
+                 select 'owner', 'review.created', event_id from outbox limit 1",
+            )
+            .await
+            .unwrap();
         for statement in [
             "insert into schema_migrations (version, name, checksum, applied_by) values ('9', 'x', 'y', 'z')",
             "insert into reviews (product_id, author_id, rating, title, body) values ('00000000-0000-4000-8000-000000000001', 'w', 1, 't', 'b')",
