@@ -18,9 +18,10 @@
 //! When it runs out of work (a batch smaller than the batch size) it tries to go to sleep
 //! (`doorbell`), never waiting for a writer. Asleep, it looks once more (writers that found it
 //! awake have committed by then) and waits for the bell, or the slow poll, the safety net for
-//! a missed bell. When a writer is in flight it cannot sleep: it looks again at once if its
-//! last round of looks found events (under steady writes a writer is nearly always in
-//! flight, and more events have committed meanwhile), 1 ms after rounds that found nothing,
+//! a missed bell. When a writer is in flight it cannot sleep: it looks again at the timer's
+//! next millisecond tick if its last round of looks found events (under steady writes a
+//! writer is nearly always in flight, and more events commit meanwhile: the pause makes the
+//! next batch larger), 1 ms after rounds that found nothing,
 //! and, once nothing has been found for 25 ms (a writer holding its transaction open), on a
 //! timer doubling to 50 ms. So each event found behind such a writer buys 25 ms of looks a
 //! millisecond or two apart (two statements each): bounded, and visible in the metrics.
@@ -75,7 +76,7 @@ impl LookAgain {
     /// The rest before the next look, at `now`, after looks that relayed `relayed` events.
     fn after(&mut self, relayed: i64, now: Instant) -> Duration {
         if relayed > 0 {
-            // More are likely committed already: look again at once.
+            // More are likely committing: look again at the timer's next tick (under 1 ms).
             self.reset(now);
             return Duration::ZERO;
         }
@@ -350,18 +351,13 @@ impl Relay {
                     delay
                 }
             };
-            // A timer, even of zero, fires on the next millisecond tick: look at once instead.
-            let rang = if rest.is_zero() {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                false
-            } else {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.bells.outbox.notified() => true,
-                    _ = tokio::time::sleep(rest) => false,
-                }
+            // Even a rest of zero goes through the timer, which ends it at its next millisecond
+            // tick: that pause lets the next batch gather the events committing meanwhile
+            // (skipping it cost a fifth of the sustained rate: docs/PERFORMANCE.md, run L).
+            let rang = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.bells.outbox.notified() => true,
+                _ = tokio::time::sleep(rest) => false,
             };
             if !rang && matches!(nap, Ok((Nap::Asleep, _))) {
                 // The slow poll, asleep: look without waking; wake only if there is work.
@@ -416,7 +412,8 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_that_cannot_sleep_looks_again_at_once_after_events_then_patiently_then_backs_off() {
+    fn a_relay_that_cannot_sleep_looks_again_at_the_next_tick_after_events_then_patiently_then_backs_off(
+    ) {
         let start = Instant::now();
         let mut look_again = LookAgain::new(start);
         assert_eq!(look_again.after(7, start), Duration::ZERO);
@@ -433,7 +430,7 @@ mod tests {
             [2, 4, 8, 16, 32, 50, 50, 50].map(ms),
             "a writer holding its transaction open"
         );
-        // Events again: at once, and patient again after.
+        // Events again: at the next tick, and patient again after.
         let later = start + ms(200);
         assert_eq!(look_again.after(1, later), Duration::ZERO);
         assert_eq!(look_again.after(0, later + ms(20)), ms(1));
