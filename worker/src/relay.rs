@@ -21,10 +21,10 @@
 //! a missed bell. When a writer is in flight it cannot sleep: it looks again at the timer's
 //! next millisecond tick if its last round of looks found events (under steady writes a
 //! writer is nearly always in flight, and more events commit meanwhile: the pause makes the
-//! next batch larger), 1 ms after rounds that found nothing,
-//! and, once nothing has been found for 25 ms (a writer holding its transaction open), on a
-//! timer doubling to 50 ms. So each event found behind such a writer buys 25 ms of looks a
-//! millisecond or two apart (two statements each): bounded, and visible in the metrics.
+//! next batch larger), 1 ms after rounds that found nothing, and, once nothing has been
+//! found for 25 ms (a writer holding its transaction open), on a timer doubling to 50 ms.
+//! So each event found behind such a writer buys 25 ms of looks a millisecond or two apart
+//! (two statements each): bounded, and visible in the metrics.
 //! The `relay_looks_total`, `relay_looks_found_nothing_total`, `relay_sleeps_total` (times
 //! it went to sleep, or found another relay asleep) and `relay_look_again_wait_seconds` (the
 //! rests it chose while it could not sleep) metrics show how it spends its time; the bench
