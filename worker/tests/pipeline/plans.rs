@@ -102,35 +102,32 @@ async fn batched_job_statements_use_the_primary_key_even_when_statistics_mislead
     assert_eq!(done, ids.len() as i64);
 }
 
-/// A pool on the test's database that plans as the worker's does.
-fn worker_pool(p: &TestPipeline) -> reviews_db::Db {
+/// A pool on the test's database, in `mode`, planning as `plans` says.
+fn pool_planning(p: &TestPipeline, mode: PoolMode, plans: PlanCache) -> reviews_db::Db {
     reviews_db::Db::connect_lazy_planning(
         reviews_db::PgTarget::plaintext(p.database.config.clone()),
         4,
-        PoolMode::Session,
-        PlanCache::Generic,
+        mode,
+        plans,
     )
+}
+
+/// A pool on the test's database that plans as the worker's does.
+fn worker_pool(p: &TestPipeline) -> reviews_db::Db {
+    pool_planning(p, PoolMode::Session, PlanCache::Generic)
 }
 
 #[tokio::test]
 async fn the_workers_pool_plans_its_statements_generically_and_a_transaction_pooler_is_left_alone()
 {
     let p = TestPipeline::new().await;
-    let pool = |mode, plans| {
-        reviews_db::Db::connect_lazy_planning(
-            reviews_db::PgTarget::plaintext(p.database.config.clone()),
-            2,
-            mode,
-            plans,
-        )
-    };
     for (mode, plans, expected) in [
         (PoolMode::Session, PlanCache::Generic, "force_generic_plan"),
         (PoolMode::Session, PlanCache::Auto, "auto"),
         // Behind a transaction pooler a session setting would reach other clients' sessions.
         (PoolMode::Transaction, PlanCache::Generic, "auto"),
     ] {
-        let conn = pool(mode, plans).conn().await.unwrap();
+        let conn = pool_planning(&p, mode, plans).conn().await.unwrap();
         let setting: String = conn
             .query_one("show plan_cache_mode", &[])
             .await
