@@ -101,6 +101,18 @@ pub struct Tuning {
     #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", value_name = "RELAY_BATCH_SIZE",
           default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch_size: u32,
+    /// How long the relay waits before its next look, under load: after a round of looks
+    /// that found events while the events it relays come faster than RELAY_LINGER_ABOVE, so
+    /// that the next batch gathers more. Trades up to this much latency under load for far less Postgres CPU per event
+    /// (docs/PERFORMANCE.md, run M). `0ms` never lingers.
+    #[arg(long = "relay-linger", env = "RELAY_LINGER", value_name = "RELAY_LINGER",
+          default_value = "8ms", value_parser = parse_duration)]
+    pub relay_linger: Duration,
+    /// The rate (events per second that this worker's relay relays, measured over 20 ms or
+    /// more) above which the relay lingers.
+    #[arg(long = "relay-linger-above", env = "RELAY_LINGER_ABOVE", value_name = "RELAY_LINGER_ABOVE",
+          default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub relay_linger_above: u32,
     /// How long after a product's last rating recompute its next one waits: events of a
     /// product recomputed less than this ago share the next recompute (one relayed while a
     /// recompute runs may get its own, so: about one per interval). Trades how
@@ -167,6 +179,8 @@ impl Default for Tuning {
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             relay_batch_size: 500,
+            relay_linger: Duration::from_millis(8),
+            relay_linger_above: 2_000,
             rating_recompute_interval: Duration::ZERO,
             lease: Duration::from_secs(30),
             job_timeout: Duration::from_secs(20),
@@ -195,6 +209,10 @@ impl Tuning {
         anyhow::ensure!(
             self.lease >= Duration::from_millis(100),
             "JOB_LEASE must be at least 100ms"
+        );
+        anyhow::ensure!(
+            self.relay_linger <= Duration::from_secs(1),
+            "RELAY_LINGER must be at most 1s: under load every event would wait up to that long"
         );
         anyhow::ensure!(
             self.rating_recompute_interval <= Duration::from_secs(60),
@@ -281,6 +299,43 @@ mod tests {
         .unwrap();
         cli.run.validate().unwrap();
         parse(&[]).unwrap().run.validate().unwrap();
+    }
+
+    #[test]
+    fn the_relay_lingers_8ms_above_2000_events_a_second_by_default_and_bad_settings_are_refused() {
+        let tuning = parse(&[]).unwrap().run.tuning;
+        assert_eq!(tuning.relay_linger, Duration::from_millis(8));
+        assert_eq!(tuning.relay_linger_above, 2_000);
+        let default = Tuning::default();
+        assert_eq!(
+            (default.relay_linger, default.relay_linger_above),
+            (tuning.relay_linger, tuning.relay_linger_above)
+        );
+        let tuning = parse(&["--relay-linger", "0ms", "--relay-linger-above", "500"])
+            .unwrap()
+            .run
+            .tuning;
+        assert_eq!(
+            (tuning.relay_linger, tuning.relay_linger_above),
+            (Duration::ZERO, 500)
+        );
+        tuning.validate().unwrap();
+
+        let message = parse(&["--relay-linger", "soon"]).unwrap_err().to_string();
+        assert!(message.contains("RELAY_LINGER"), "{message}");
+        assert!(message.contains("examples: 250ms"), "{message}");
+        for bad in ["0", "-5", "fast"] {
+            let message = parse(&[&format!("--relay-linger-above={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("RELAY_LINGER_ABOVE"), "{bad}: {message}");
+        }
+        let cli = parse(&["--relay-linger", "2s"]).unwrap();
+        let message = cli.run.tuning.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("RELAY_LINGER must be at most 1s"),
+            "{message}"
+        );
     }
 
     #[test]

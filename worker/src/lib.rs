@@ -61,7 +61,7 @@ use crate::jobs::JobRegistry;
 use crate::listener::{Bells, Listener};
 use crate::queue::JobQueue;
 use crate::reconciler::Reconciler;
-use crate::relay::Relay;
+use crate::relay::{Linger, Relay};
 use crate::retry::RetryPolicies;
 use crate::runner::{Runner, RunnerSettings};
 use crate::stats::RunnerStats;
@@ -148,6 +148,10 @@ pub async fn start(
         statements,
         delayed_bell: runner.delayed_bell(),
         hand_off: tuning.relay_hand_off.then(|| runner.hand_off()),
+        linger: Linger {
+            wait: tuning.relay_linger,
+            above: f64::from(tuning.relay_linger_above),
+        },
     };
     let stats = runner.stats.clone();
     let reconciling = reconciler.run(

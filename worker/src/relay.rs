@@ -25,6 +25,16 @@
 //! found for 25 ms (a writer holding its transaction open), on a timer doubling to 50 ms.
 //! So each event found behind such a writer buys 25 ms of looks a millisecond or two apart
 //! (two statements each): bounded, and visible in the metrics.
+//!
+//! Under load it lingers (`RELAY_LINGER`, `RELAY_LINGER_ABOVE`): while the events it relays
+//! come faster than a rate (measured over windows of at least 20 ms), it waits longer after
+//! a round that found events, so the next batch gathers more. Most of what a batch costs
+//! Postgres is per batch, not per event (the claim, a rating job, a notify job, their
+//! completions), so under a flat-out load larger batches give the writers back much of the
+//! worker's CPU. The rate is measured over the linger too, so lingering ends with the load;
+//! below the rate (the 1,000/s latency target's load, say) it never starts
+//! (docs/PERFORMANCE.md, run M).
+//!
 //! The `relay_looks_total`, `relay_looks_found_nothing_total`, `relay_sleeps_total` (times
 //! it went to sleep, or found another relay asleep) and `relay_look_again_wait_seconds` (the
 //! rests it chose while it could not sleep) metrics show how it spends its time; the bench
@@ -59,25 +69,63 @@ const LOOK_AGAIN_PATIENCE: Duration = Duration::from_millis(25);
 /// event can be relayed while that lasts.
 const LOOK_AGAIN_CAP: Duration = Duration::from_millis(50);
 
+/// How a relay gathers larger batches under load (`RELAY_LINGER`, `RELAY_LINGER_ABOVE`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Linger {
+    /// How long it waits before its next look…
+    pub wait: Duration,
+    /// …after a round of looks that found events, while the events it relays come faster
+    /// than this (events per second, over windows of [`LINGER_RATE_WINDOW`] or longer).
+    pub above: f64,
+}
+
+impl Linger {
+    /// Never lingers: the next look comes at the timer's next tick after any events.
+    pub const OFF: Linger = Linger {
+        wait: Duration::ZERO,
+        above: f64::INFINITY,
+    };
+}
+
+/// The rate that decides whether the relay lingers is measured over windows at least this
+/// long: over a round or two, a few writers committing together look like a load.
+pub const LINGER_RATE_WINDOW: Duration = Duration::from_millis(20);
+
 /// When a relay that cannot sleep looks again (see the module docs).
 struct LookAgain {
     backoff: Backoff,
     found_events_at: Instant,
+    linger: Linger,
+    /// Whether the last window's events came faster than the linger's rate.
+    lingering: bool,
+    /// The window being measured: when it began, and the events relayed since.
+    window_began_at: Instant,
+    window_events: i64,
 }
 
 impl LookAgain {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, linger: Linger) -> Self {
         LookAgain {
             backoff: Backoff::new(LOOK_AGAIN_FIRST, LOOK_AGAIN_CAP),
             found_events_at: now,
+            linger,
+            lingering: false,
+            window_began_at: now,
+            window_events: 0,
         }
     }
 
     /// The rest before the next look, at `now`, after looks that relayed `relayed` events.
     fn after(&mut self, relayed: i64, now: Instant) -> Duration {
+        self.measure(relayed, now);
         if relayed > 0 {
+            self.found_events_at = now;
+            self.backoff.reset();
+            if self.lingering {
+                // Events come faster than the linger's rate: gather more into the next batch.
+                return self.linger.wait;
+            }
             // More are likely committing: look again at the timer's next tick (under 1 ms).
-            self.reset(now);
             return Duration::ZERO;
         }
         if now.duration_since(self.found_events_at) < LOOK_AGAIN_PATIENCE {
@@ -86,10 +134,23 @@ impl LookAgain {
         self.backoff.next_delay()
     }
 
+    /// Counts a round's events into the window; a window that has lasted long enough
+    /// decides whether the relay lingers until the next one does. Lingers count in the
+    /// window's time, so lingering ends with the load rather than keeping itself going.
+    fn measure(&mut self, relayed: i64, now: Instant) {
+        self.window_events += relayed;
+        let elapsed = now.duration_since(self.window_began_at);
+        if elapsed >= LINGER_RATE_WINDOW {
+            let rate = self.window_events as f64 / elapsed.as_secs_f64();
+            self.lingering = rate > self.linger.above;
+            self.window_began_at = now;
+            self.window_events = 0;
+        }
+    }
+
     /// It woke from a sleep: the writers it slept through have ended.
     fn reset(&mut self, now: Instant) {
-        self.found_events_at = now;
-        self.backoff.reset();
+        *self = LookAgain::new(now, self.linger);
     }
 }
 
@@ -114,6 +175,8 @@ pub struct Relay {
     pub delayed_bell: DelayedBell,
     /// This worker's runner, to hand started jobs to (none: every job goes through the queue).
     pub hand_off: Option<HandOff>,
+    /// How it gathers larger batches under load.
+    pub linger: Linger,
 }
 
 /// The relay's statements for the kinds `registry` makes jobs of, claiming `batch_size`
@@ -327,7 +390,7 @@ impl Relay {
     /// Runs until `shutdown`: drain, try to sleep, wait for the bell (see the module docs).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = Backoff::reconnecting();
-        let mut look_again = LookAgain::new(Instant::now());
+        let mut look_again = LookAgain::new(Instant::now(), self.linger);
         let mut nap = Ok((Nap::KeepLooking, 0));
         loop {
             let rest = match &nap {
@@ -415,7 +478,7 @@ mod tests {
     fn a_relay_that_cannot_sleep_looks_again_at_the_next_tick_after_events_then_patiently_then_backs_off(
     ) {
         let start = Instant::now();
-        let mut look_again = LookAgain::new(start);
+        let mut look_again = LookAgain::new(start, Linger::OFF);
         assert_eq!(look_again.after(7, start), Duration::ZERO);
         // Nothing found, but events were found recently: 1 ms every time.
         for at in [1, 5, 10, 24] {
@@ -438,5 +501,49 @@ mod tests {
         look_again.reset(later + ms(500));
         assert_eq!(look_again.after(0, later + ms(510)), ms(1));
         assert_eq!(look_again.after(0, later + ms(511)), ms(1));
+    }
+
+    #[test]
+    fn a_relay_lingers_while_events_come_faster_than_its_rate_over_a_window_and_only_then() {
+        let start = Instant::now();
+        let linger = Linger {
+            wait: ms(8),
+            above: 2_000.0,
+        };
+        let mut look_again = LookAgain::new(start, linger);
+        // 10 events within 3 ms: fast, but too short a window to call it a load.
+        assert_eq!(look_again.after(10, start + ms(3)), Duration::ZERO);
+        // 3,000/s over 21 ms: a load.
+        assert_eq!(look_again.after(53, start + ms(21)), ms(8), "a load");
+        // After the linger and the round's statements, still 3,000/s.
+        assert_eq!(look_again.after(36, start + ms(33)), ms(8));
+        assert_eq!(
+            look_again.after(36, start + ms(45)),
+            ms(8),
+            "the load goes on"
+        );
+        // Nothing found after a linger: as patient as after any events.
+        assert_eq!(look_again.after(0, start + ms(46)), ms(1));
+        // 24 events in 24 ms: 1,000/s. The lingers gathered them; the load is over.
+        assert_eq!(
+            look_again.after(24, start + ms(57)),
+            ms(8),
+            "the window is open"
+        );
+        assert_eq!(look_again.after(0, start + ms(69)), ms(1));
+        assert_eq!(
+            look_again.after(5, start + ms(70)),
+            Duration::ZERO,
+            "a linger does not keep itself going"
+        );
+        // Exactly the rate is not faster than it.
+        let mut look_again = LookAgain::new(start, linger);
+        assert_eq!(look_again.after(40, start + ms(20)), Duration::ZERO);
+        assert_eq!(look_again.after(41, start + ms(40)), ms(8));
+        // Asleep, then awake: a new window, not lingering.
+        look_again.reset(start + ms(500));
+        assert_eq!(look_again.after(20, start + ms(505)), Duration::ZERO);
+        let mut off = LookAgain::new(start, Linger::OFF);
+        assert_eq!(off.after(10_000, start + ms(30)), Duration::ZERO);
     }
 }

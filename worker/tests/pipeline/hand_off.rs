@@ -9,7 +9,7 @@ use std::time::Duration;
 use reviews_worker::doorbell::{Doorbell, ListenerConnection};
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::Bells;
-use reviews_worker::relay::{Relay, RelayOutcome};
+use reviews_worker::relay::{Linger, Relay, RelayOutcome};
 use reviews_worker::retry::RetryPolicies;
 use reviews_worker::runner::{Runner, RunnerSettings};
 use tokio_util::sync::CancellationToken;
@@ -110,6 +110,7 @@ async fn jobs_made_while_the_queue_has_unread_entries_wait_behind_them_with_thei
         statements,
         delayed_bell: runner.delayed_bell(),
         hand_off: Some(runner.hand_off()),
+        linger: Linger::OFF,
     };
 
     // An entry no runner has read yet (of a job that does not exist): a read returns it

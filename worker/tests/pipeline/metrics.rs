@@ -7,9 +7,16 @@ use reviews_db::testing::url_of;
 
 use crate::support::*;
 
-/// The worker binary on `p`'s database and queue, serving metrics on `port`.
-fn worker_serving_metrics(p: &TestPipeline, port: u16, poll_interval: &str) -> KilledOnDrop {
+/// The worker binary on `p`'s database and queue, serving metrics on `port`, with `settings`
+/// in its environment besides.
+fn worker_serving_metrics(
+    p: &TestPipeline,
+    port: u16,
+    poll_interval: &str,
+    settings: &[(&str, &str)],
+) -> KilledOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_reviews-worker"))
+        .envs(settings.iter().copied())
         .env("DATABASE_URL", url_of(&p.database.config))
         .env(redis_env(p).0, redis_env(p).1)
         .env("REDIS_PREFIX", &p.prefix)
@@ -27,7 +34,7 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let port = free_port();
-    let mut child = worker_serving_metrics(&p, port, "200ms");
+    let mut child = worker_serving_metrics(&p, port, "200ms", &[]);
     p.add_reviews(product, authors("r", 3)).await;
     p.wait_until_idle(Duration::from_secs(20)).await;
     // Let one slow poll sample the gauges.
@@ -78,6 +85,18 @@ async fn counter(port: u16, name: &str) -> f64 {
         .map_or(0.0, |value| value.parse().unwrap())
 }
 
+/// Waits until the worker serves its metrics.
+async fn wait_for_metrics(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no metrics served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the worker's relay has gone to sleep on the doorbell `sleeps` times in all.
 async fn wait_for_sleeps(port: u16, sleeps: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -96,19 +115,9 @@ async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asle
     let product = p.create_product("owner").await;
     let port = free_port();
     // No slow poll within the test: every look after start-up follows the bell.
-    let mut child = worker_serving_metrics(&p, port, "10min");
+    let mut child = worker_serving_metrics(&p, port, "10min", &[]);
+    wait_for_metrics(port).await;
     // Started up: it found nothing and sleeps.
-    let metrics_up = tokio::time::Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < metrics_up,
-            "no metrics served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     wait_for_sleeps(port, 1.0).await;
     // The listener's first connection rings once, which may come after that first sleep:
     // wait until the relay has slept through 300 ms.
@@ -142,6 +151,89 @@ async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asle
         1.0
     );
     assert_eq!(counter(port, "relay_sleeps_total").await, sleeps + 1.0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let port = free_port();
+    // It lingers 1 s while events come faster than 1/s (here: one every 10-odd ms).
+    let settings = [("RELAY_LINGER", "1s"), ("RELAY_LINGER_ABOVE", "1")];
+    let mut child = worker_serving_metrics(&p, port, "10min", &settings);
+    wait_for_metrics(port).await;
+    wait_for_sleeps(port, 1.0).await;
+
+    // A writer in flight for the whole load, as the outbox trigger marks one (a shared
+    // hold on "relay asleep"): the relay cannot sleep, so it keeps looking. The hold waits
+    // while the relay sleeps, and is granted when the first commit's bell wakes it.
+    let in_flight = p.client().await;
+    let held = tokio::spawn(async move {
+        in_flight
+            .execute(
+                "select pg_advisory_lock_shared($1)",
+                &[&reviews_db::locks::RELAY_ASLEEP],
+            )
+            .await
+            .unwrap();
+        in_flight
+    });
+    p.add_reviews(product, authors("first", 1)).await;
+    let in_flight = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the relay woke to the bell")
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counter(port, "relay_events_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first event not relayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let looks = counter(port, "relay_looks_total").await;
+    let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
+    let events = counter(port, "relay_events_total").await;
+    let sleeps = counter(port, "relay_sleeps_total").await;
+
+    // 60 reviews, each committed on its own, one after another, 10 ms apart.
+    let writer = p.client().await;
+    for i in 0..60 {
+        writer
+            .execute(
+                "insert into reviews (product_id, author_id, rating, title, body)
+                 values ($1, $2, 5, 't', 'b')",
+                &[&product, &format!("load-{i}")],
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every event relayed, while the writer is still in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counter(port, "relay_events_total").await < events + 60.0 {
+        assert!(tokio::time::Instant::now() < deadline, "events not relayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let looks_with_events = (counter(port, "relay_looks_total").await - looks)
+        - (counter(port, "relay_looks_found_nothing_total").await - found_nothing);
+    let relayed = counter(port, "relay_events_total").await - events;
+    assert_eq!(
+        counter(port, "relay_sleeps_total").await,
+        sleeps,
+        "the relay slept: no writer was in flight"
+    );
+    // Looking again at the timer's next tick, as it does without lingering, it finds each
+    // commit in a look of its own. Lingering 1 s gathers many.
+    let per_look = relayed / looks_with_events;
+    assert!(
+        per_look >= 5.0,
+        "{relayed} events in {looks_with_events} looks: {per_look:.1} a look"
+    );
+    drop(in_flight);
+    p.wait_until_idle(Duration::from_secs(20)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -164,6 +164,9 @@ impl TestPipeline {
                 poll_interval: Duration::from_millis(200),
                 concurrency: 8,
                 relay_batch_size: 200,
+                // The defaults: a test's load lingers as any load would.
+                relay_linger: Tuning::default().relay_linger,
+                relay_linger_above: Tuning::default().relay_linger_above,
                 rating_recompute_interval: Duration::ZERO,
                 lease: Duration::from_millis(1_500),
                 job_timeout: Duration::from_millis(1_000),
