@@ -192,6 +192,14 @@ async fn main() -> anyhow::Result<()> {
         &[]
     };
     for &via in sustained_runs {
+        // The same writers with the worker stopped, just before (and after) the SQL run: the
+        // share of their rate they keep with the worker is what the worker costs them,
+        // measured minutes closer than the doorbell-only pgbench run and with this client.
+        let alone_before = if via == "sql" {
+            Some(writers_alone(&mut stack, phase).await?)
+        } else {
+            None
+        };
         stack.reset().await?;
         let relay_before = RelayRests::read(&stack).await;
         let started = Instant::now();
@@ -207,10 +215,21 @@ async fn main() -> anyhow::Result<()> {
             .await
             .since(&relay_before, started.elapsed());
         let catch_up = measure::wait_until_idle(&client, Duration::from_secs(300)).await?;
+        let alone = match alone_before {
+            Some(before) => Some((before, writers_alone(&mut stack, phase).await?)),
+            None => None,
+        };
         let mut value = format!(
             "{rate:.0} reviews/s; worker done {:.2} s after the load",
             catch_up.as_secs_f64()
         );
+        if let Some((before, after)) = alone {
+            value.push_str(&format!(
+                "; {:.0}% of the same writers with the worker stopped ({before:.0} and \
+                 {after:.0} reviews/s, just before and after)",
+                200.0 * rate / (before + after)
+            ));
+        }
         if let (true, Some(doorbell)) = (via == "sql", args.doorbell_tps) {
             value.push_str(&format!(
                 "; {:.0}% of the doorbell-only pgbench rate of this run ({doorbell:.0} tx/s)",
@@ -235,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
             "  relay's looks / sleeps on the doorbell / look-again waits",
             relay.describe(),
         );
-        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies)), "relay": relay.json()}));
+        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies)), "relay": relay.json(), "writers_alone_per_s": alone.map(|(before, after)| [before, after])}));
     }
 
     // API alone (worker stopped), loaded by wrk: addReview and a 20-review page.
@@ -512,4 +531,18 @@ impl RelayRests {
                "sleeps_per_s": self.sleeps, "look_again_waits_per_s": self.look_again_waits,
                "look_again_wait_mean_ms": self.mean_wait_ms()})
     }
+}
+
+/// The sustained SQL load's rate with the worker stopped (its events wait in the outbox and
+/// are emptied after); the worker runs again, ready, when it returns.
+async fn writers_alone(stack: &mut Stack, phase: Duration) -> anyhow::Result<f64> {
+    stack.stop_worker();
+    stack.reset().await?;
+    let started = Instant::now();
+    let acknowledged = load::sql_inserts(stack, 8, None, phase).await?;
+    let rate = acknowledged.len() as f64 / started.elapsed().as_secs_f64();
+    stack.reset().await?;
+    stack.start_worker()?;
+    stack.wait_for_worker().await?;
+    Ok(rate)
 }

@@ -163,12 +163,26 @@ impl Stack {
         anyhow::bail!("the API did not come up")
     }
 
-    /// Empties the review data between scenarios (the schema and policies stay).
+    /// Waits until the worker serves its metrics and its relay has looked once.
+    pub async fn wait_for_worker(&self) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            if worker_metric(self.worker_metrics_port, "relay_looks_total")
+                .await
+                .is_some()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the worker did not come up")
+    }
+
     /// Where the worker records when each handler began (one line per run).
     pub fn ledger_path(&self) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-runs.ledger")
     }
 
+    /// Empties the review data between scenarios (the schema and policies stay).
     pub async fn reset(&self) -> anyhow::Result<()> {
         // The worker appends to it: emptied, it fills again from the start.
         if self.ledger_path().exists() {
