@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         };
         stack.reset().await?;
         let relay_before = RelayRests::read(&stack).await;
+        let backends_before = worker_backends_cpu(&client).await?;
         let started = Instant::now();
         let (done, latencies) = match via {
             "sql" => {
@@ -215,6 +216,16 @@ async fn main() -> anyhow::Result<()> {
             .await
             .since(&relay_before, started.elapsed());
         let catch_up = measure::wait_until_idle(&client, Duration::from_secs(300)).await?;
+        // Through the catch-up: the work of every event of the run. In the GraphQL run the
+        // API's pool, which shares the name, is busy too: SQL only.
+        let backends_after = worker_backends_cpu(&client).await?;
+        let cpu_per_event_us = (via == "sql" && !backends_after.is_empty()).then(|| {
+            let used: f64 = backends_after
+                .iter()
+                .map(|(pid, after)| after - backends_before.get(pid).unwrap_or(&0.0))
+                .sum();
+            used / done as f64 * 1e6
+        });
         let alone = match alone_before {
             Some(before) => Some((before, writers_alone(&mut stack, phase).await?)),
             None => None,
@@ -228,6 +239,11 @@ async fn main() -> anyhow::Result<()> {
                 "; {:.0}% of the same writers with the worker stopped ({before:.0} and \
                  {after:.0} reviews/s, just before and after)",
                 200.0 * rate / (before + after)
+            ));
+        }
+        if let Some(us) = cpu_per_event_us {
+            value.push_str(&format!(
+                "; the worker's Postgres backends: {us:.0} µs of CPU an event"
             ));
         }
         if let (true, Some(doorbell)) = (via == "sql", args.doorbell_tps) {
@@ -254,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
             "  relay's looks / sleeps on the doorbell / look-again waits",
             relay.describe(),
         );
-        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies)), "relay": relay.json(), "writers_alone_per_s": alone.map(|(before, after)| [before, after])}));
+        report.insert(format!("sustained_{via}"), json!({"per_s": rate, "catch_up_s": catch_up.as_secs_f64(), "request_ms": (!latencies.is_empty()).then(|| percentiles(latencies)), "relay": relay.json(), "writers_alone_per_s": alone.map(|(before, after)| [before, after]), "worker_postgres_cpu_us_per_event": cpu_per_event_us}));
     }
 
     // API alone (worker stopped), loaded by wrk: addReview and a 20-review page.
@@ -545,4 +561,27 @@ async fn writers_alone(stack: &mut Stack, phase: Duration) -> anyhow::Result<f64
     stack.start_worker()?;
     stack.wait_for_worker().await?;
     Ok(rate)
+}
+
+/// CPU seconds used so far by each Postgres backend of the worker (its pool, `reviews`, and
+/// its listener) on the bench's database, by pid, read from /proc: empty when Postgres runs
+/// on another host. The API's pool has the same name (idle in the SQL runs).
+async fn worker_backends_cpu(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<std::collections::HashMap<i32, f64>> {
+    let rows = client
+        .query(
+            "select pid from pg_stat_activity
+             where datname = current_database()
+               and application_name in ('reviews', 'reviews-worker-listener')",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let pid: i32 = row.get(0);
+            stack::cpu_seconds(pid as u32).map(|cpu| (pid, cpu))
+        })
+        .collect())
 }
