@@ -39,12 +39,7 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
     p.wait_until_idle(Duration::from_secs(20)).await;
     // Let one slow poll sample the gauges.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = metrics_body(port).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -72,15 +67,21 @@ async fn the_worker_serves_metrics_that_count_relays_and_job_runs() {
     }
 }
 
-/// A counter from the worker's /metrics (0 before its first increment).
-async fn counter(port: u16, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+/// The worker's /metrics page.
+async fn metrics_body(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    body.lines()
+        .unwrap()
+}
+
+/// A counter from the worker's /metrics (0 before its first increment).
+async fn counter(port: u16, name: &str) -> f64 {
+    metrics_body(port)
+        .await
+        .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.parse().unwrap())
 }
@@ -97,16 +98,21 @@ async fn wait_for_metrics(port: u16) {
     }
 }
 
-/// Waits until the worker's relay has gone to sleep on the doorbell `sleeps` times in all.
-async fn wait_for_sleeps(port: u16, sleeps: f64) {
+/// Waits (20 s at most) until the worker's counter `name` reaches `at_least`.
+async fn wait_for_counter(port: u16, name: &str, at_least: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counter(port, "relay_sleeps_total").await < sleeps {
+    while counter(port, name).await < at_least {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the relay never went to sleep"
+            "{name} stayed below {at_least} for 20 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the worker's relay has gone to sleep on the doorbell `sleeps` times in all.
+async fn wait_for_sleeps(port: u16, sleeps: f64) {
+    wait_for_counter(port, "relay_sleeps_total", sleeps).await;
 }
 
 #[tokio::test]
@@ -185,14 +191,7 @@ async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
         .await
         .expect("the relay woke to the bell")
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counter(port, "relay_events_total").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first event not relayed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_counter(port, "relay_events_total", 1.0).await;
     let looks = counter(port, "relay_looks_total").await;
     let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
     let events = counter(port, "relay_events_total").await;
@@ -212,11 +211,7 @@ async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Every event relayed, while the writer is still in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counter(port, "relay_events_total").await < events + 60.0 {
-        assert!(tokio::time::Instant::now() < deadline, "events not relayed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_counter(port, "relay_events_total", events + 60.0).await;
     let looks_with_events = (counter(port, "relay_looks_total").await - looks)
         - (counter(port, "relay_looks_found_nothing_total").await - found_nothing);
     let relayed = counter(port, "relay_events_total").await - events;
