@@ -70,6 +70,7 @@ $$;
 CREATE FUNCTION public.complete_jobs_fenced(p_ids bigint[], p_attempts integer[], p_commit text) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 declare
     v_done integer;

@@ -371,3 +371,41 @@ async fn a_relay_plan_made_for_tiny_tables_is_made_again_once_it_is_old() {
     );
     assert!(!reads_whole(&fresh, "outbox"), "{fresh}");
 }
+
+#[tokio::test]
+async fn a_fenced_completion_planned_while_jobs_was_tiny_still_finds_jobs_by_key() {
+    let p = TestPipeline::new().await;
+    let mut client = p.client().await;
+    let complete_one = "with job as (insert into jobs (kind, attempts) values ('notify_owner', 1)
+                                     returning id)
+                        select complete_jobs_fenced(array[(select id from job)], array[1], null)";
+    // apply_rating_jobs calls the function with plan_cache_mode = force_generic_plan, so
+    // the connection keeps a generic plan of its statement, made for the table's size at the
+    // first call: here, a page.
+    client
+        .batch_execute("set plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    client.execute(complete_one, &[]).await.unwrap();
+    client
+        .batch_execute(
+            "insert into jobs (kind, status, attempts)
+             select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
+        )
+        .await
+        .unwrap();
+    // The counts of this connection's transactions not yet sent to the statistics, this
+    // one's included: compared before and after the completion.
+    let transaction = client.transaction().await.unwrap();
+    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
+                 where relname = 'jobs'";
+    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
+    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    transaction.execute(complete_one, &[]).await.unwrap();
+    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    assert_eq!(
+        after, before,
+        "the completion read the jobs table whole (sequential scans, rows read)"
+    );
+    transaction.commit().await.unwrap();
+}
