@@ -1,6 +1,8 @@
 //! The `jobs` table: the durable state of every job (attempts, schedule, outcome) and the
 //! `dead_jobs` letters of those that ran out of attempts.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::types::Type;
@@ -71,6 +73,15 @@ fn by_id_in(lock: &str, wanted: &str) -> String {
     )
 }
 
+/// How long a connection keeps its plans of the batched job statements ([`start_jobs`],
+/// [`complete_jobs`]). The worker's pool plans generically (`PlanCache::Generic`) and keeps
+/// its prepared statements: a plan made while `jobs` was a page finds `id = any(...)` by
+/// reading the whole table, and the connection would keep it as the table grows, until the
+/// table is next analyzed (never, with autovacuum off). Planning again once a second bounds
+/// that, as the relay's statements do (`outbox::RELAY_PLAN_MAX_AGE`); a plan costs a
+/// fraction of a millisecond.
+pub const JOB_PLAN_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// The statement of [`start_jobs`] (public so that a test can check its plan).
 pub fn start_jobs_sql() -> String {
     format!(
@@ -102,13 +113,14 @@ pub async fn start_jobs<C: AsClient>(
     }
     let sql = start_jobs_sql();
     let rows = db
-        .query_typed(
+        .query_typed_replanned(
             &sql,
             &[
                 (&ids, Type::INT8_ARRAY),
                 (&fallback_max_attempts, Type::INT4),
                 (&db.commit_setting(), Type::TEXT),
             ],
+            JOB_PLAN_MAX_AGE,
         )
         .await?;
     Ok(rows
@@ -209,13 +221,14 @@ pub async fn complete_jobs<C: AsClient>(
     let (ids, numbers) = in_lock_order(attempts.iter().copied());
     let sql = complete_jobs_sql();
     let rows = db
-        .query_typed(
+        .query_typed_replanned(
             &sql,
             &[
                 (&ids, Type::INT8_ARRAY),
                 (&numbers, Type::INT4_ARRAY),
                 (&db.commit_setting(), Type::TEXT),
             ],
+            JOB_PLAN_MAX_AGE,
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

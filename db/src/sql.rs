@@ -247,6 +247,18 @@ impl<C: AsClient> Sql<C> {
         exactly_one(self.rows(sql, Parameters::Typed(params), None).await?)
     }
 
+    /// [`Sql::query_typed`] through a prepared statement made again once it is older than
+    /// `max_age` (see [`Sql::query_typed_one_replanned`]).
+    pub async fn query_typed_replanned(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+        max_age: Duration,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.rows(sql, Parameters::Typed(params), Some(max_age))
+            .await
+    }
+
     /// [`Sql::query_typed_one`] through a prepared statement made again once it is older than
     /// `max_age`. For a statement Postgres plans once and keeps the plan of (no parameter, or
     /// none that changes the plan): that plan was made for the tables' sizes when it was

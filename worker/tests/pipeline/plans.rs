@@ -409,3 +409,85 @@ async fn a_fenced_completion_planned_while_jobs_was_tiny_still_finds_jobs_by_key
     );
     transaction.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a_tiny_table_is_old()
+{
+    let p = TestPipeline::new().await;
+    let ids: Vec<i64> = p
+        .column("insert into jobs (kind) values ('notify_owner'), ('notify_owner') returning id")
+        .await;
+    let conn = worker_pool(&p).conn().await.unwrap();
+    // Prepared (and planned generically) while the table is a page.
+    let started = reviews_db::jobs::start_jobs(&conn, &ids[..1], 10)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
+    let attempt = reviews_db::jobs::Attempt {
+        job_id: ids[0],
+        attempt: 1,
+    };
+    assert_eq!(
+        reviews_db::jobs::complete_jobs(&conn, &[attempt])
+            .await
+            .unwrap(),
+        [ids[0]]
+    );
+    p.sql(
+        "insert into jobs (kind, status, attempts)
+         select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
+    )
+    .await;
+    // Each statement by a fragment of its text, split so that this query's own text
+    // (prepared too) does not match; with the arguments of an explain.
+    let statements = [
+        ("%with ' || 'startable as%", "('{1}', 10, null)"),
+        (
+            "update jobs set status = ' || '''done''%",
+            "('{1}', '{1}', null)",
+        ),
+    ];
+    let plans = |conn| async move {
+        let mut plans = Vec::new();
+        for (text, arguments) in statements {
+            let name: String = conn_query_one(
+                conn,
+                &format!("select name from pg_prepared_statements where statement like '{text}'"),
+            )
+            .await;
+            plans.push((
+                name.clone(),
+                explain(conn, &format!("{name}{arguments}")).await,
+            ));
+        }
+        plans
+    };
+    // The kept plans read the grown table whole: the trap.
+    let stale = plans(&conn).await;
+    for (_, plan) in &stale {
+        assert!(reads_whole(plan, "jobs"), "{plan}");
+    }
+
+    // Once the plans are older than their age, the next runs prepare them again, for the
+    // table's size now.
+    tokio::time::sleep(reviews_db::jobs::JOB_PLAN_MAX_AGE + Duration::from_millis(100)).await;
+    reviews_db::jobs::start_jobs(&conn, &ids[1..], 10)
+        .await
+        .unwrap();
+    let attempt = reviews_db::jobs::Attempt {
+        job_id: ids[1],
+        attempt: 1,
+    };
+    reviews_db::jobs::complete_jobs(&conn, &[attempt])
+        .await
+        .unwrap();
+    let fresh = plans(&conn).await;
+    for ((old_name, _), (name, plan)) in stale.iter().zip(&fresh) {
+        assert_ne!(old_name, name, "prepared again");
+        assert!(!reads_whole(plan, "jobs"), "{plan}");
+    }
+}
+
+async fn conn_query_one(conn: &reviews_db::Sql<impl AsClient>, sql: &str) -> String {
+    conn.query_one(sql, &[]).await.unwrap().get(0)
+}
