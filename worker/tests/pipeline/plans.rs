@@ -379,9 +379,9 @@ async fn a_fenced_completion_planned_while_jobs_was_tiny_still_finds_jobs_by_key
     let complete_one = "with job as (insert into jobs (kind, attempts) values ('notify_owner', 1)
                                      returning id)
                         select complete_jobs_fenced(array[(select id from job)], array[1], null)";
-    // apply_rating_jobs calls the function with plan_cache_mode = force_generic_plan, so
-    // the connection keeps a generic plan of its statement, made for the table's size at the
-    // first call: here, a page.
+    // The worker's sessions (and apply_rating_jobs, which calls the function) plan with
+    // plan_cache_mode = force_generic_plan, so the connection keeps a generic plan of the
+    // function's statement, made for the table's size at the first call: here, a page.
     client
         .batch_execute("set plan_cache_mode = force_generic_plan")
         .await
