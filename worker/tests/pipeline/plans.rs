@@ -163,6 +163,28 @@ async fn a_pooled_connection_prepares_each_statement_once() {
 }
 
 #[tokio::test]
+async fn a_pool_hands_out_the_connection_returned_last() {
+    let p = TestPipeline::new().await;
+    let pool = worker_pool(&p);
+    // Two connections, returned one after the other: the second is handed out next, and
+    // again after each return (its statements and plans are the warm ones).
+    let first = pool.conn().await.unwrap();
+    let second = pool.conn().await.unwrap();
+    let (first_pid, second_pid) = (backend_pid(&first).await, backend_pid(&second).await);
+    assert_ne!(first_pid, second_pid);
+    drop(first);
+    drop(second);
+    for _ in 0..3 {
+        let conn = pool.conn().await.unwrap();
+        assert_eq!(
+            backend_pid(&conn).await,
+            second_pid,
+            "the connection returned last"
+        );
+    }
+}
+
+#[tokio::test]
 async fn reconciliation_re_checks_that_a_missing_job_is_still_pending() {
     let p = TestPipeline::new().await;
     let ids: Vec<i64> = p
@@ -490,4 +512,11 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
 
 async fn conn_query_one(conn: &reviews_db::Sql<impl AsClient>, sql: &str) -> String {
     conn.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn backend_pid(conn: &reviews_db::Sql<impl AsClient>) -> i32 {
+    conn.query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
