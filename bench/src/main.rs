@@ -202,7 +202,11 @@ async fn main() -> anyhow::Result<()> {
         };
         stack.reset().await?;
         let relay_before = RelayRests::read(&stack).await;
-        let backends_before = worker_backends_cpu(&client).await?;
+        // In the GraphQL run the API's pool, which shares the name, is busy too: SQL only.
+        let backends_before = match via {
+            "sql" => Some(worker_backends_cpu(&client).await?),
+            _ => None,
+        };
         let started = Instant::now();
         let (done, latencies) = match via {
             "sql" => {
@@ -216,16 +220,20 @@ async fn main() -> anyhow::Result<()> {
             .await
             .since(&relay_before, started.elapsed());
         let catch_up = measure::wait_until_idle(&client, Duration::from_secs(300)).await?;
-        // Through the catch-up: the work of every event of the run. In the GraphQL run the
-        // API's pool, which shares the name, is busy too: SQL only.
-        let backends_after = worker_backends_cpu(&client).await?;
-        let cpu_per_event_us = (via == "sql" && !backends_after.is_empty()).then(|| {
-            let used: f64 = backends_after
-                .iter()
-                .map(|(pid, after)| after - backends_before.get(pid).unwrap_or(&0.0))
-                .sum();
-            used / done as f64 * 1e6
-        });
+        // Through the catch-up: the work of every event of the run.
+        let cpu_per_event_us = match backends_before {
+            Some(before) => {
+                let after = worker_backends_cpu(&client).await?;
+                (!after.is_empty()).then(|| {
+                    let used: f64 = after
+                        .iter()
+                        .map(|(pid, cpu)| cpu - before.get(pid).unwrap_or(&0.0))
+                        .sum();
+                    used / done as f64 * 1e6
+                })
+            }
+            None => None,
+        };
         let alone = match alone_before {
             Some(before) => Some((before, writers_alone(&mut stack, phase).await?)),
             None => None,

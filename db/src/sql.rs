@@ -270,10 +270,7 @@ impl<C: AsClient> Sql<C> {
         params: TypedParams<'_>,
         max_age: Duration,
     ) -> Result<Row, StoreError> {
-        exactly_one(
-            self.rows(sql, Parameters::Typed(params), Some(max_age))
-                .await?,
-        )
+        exactly_one(self.query_typed_replanned(sql, params, max_age).await?)
     }
 
     /// [`Sql::query_opt`] with the parameter types spelled out (see [`TypedParams`]).

@@ -103,8 +103,8 @@ pub struct Tuning {
     pub relay_batch_size: u32,
     /// How long the relay waits before its next look, under load: after a round of looks
     /// that found events while the events it relays come faster than RELAY_LINGER_ABOVE, so
-    /// that the next batch gathers more. Trades up to this much latency under load for far less Postgres CPU per event
-    /// (docs/PERFORMANCE.md, run M). `0ms` never lingers.
+    /// that the next batch gathers more. Trades up to this much latency under load for far
+    /// less Postgres CPU per event (docs/PERFORMANCE.md, run M). `0ms` never lingers.
     #[arg(long = "relay-linger", env = "RELAY_LINGER", value_name = "RELAY_LINGER",
           default_value = "8ms", value_parser = parse_duration)]
     pub relay_linger: Duration,
