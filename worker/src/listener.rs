@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use reviews_db::PgTarget;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,16 @@ impl Bells {
         self.outbox.notify_one();
         self.jobs.notify_one();
         self.retry_policies.notify_one();
+    }
+
+    /// Rings the bell of a notification's channel (other channels ring nothing).
+    fn ring(&self, channel: &str) {
+        match channel {
+            "outbox" => self.outbox.notify_one(),
+            "jobs" => self.jobs.notify_one(),
+            "retry_policies" => self.retry_policies.notify_one(),
+            _ => {}
+        }
     }
 }
 
@@ -97,22 +107,22 @@ impl Listener {
         }
     }
 
-    /// One connection's life: connect, LISTEN, ring every bell, then forward notifications
-    /// until the connection ends.
+    /// One connection's life: connect, LISTEN, ring every bell, then ring each notification's
+    /// bell until the connection ends.
     async fn listen(
         &self,
         backoff: &mut Backoff,
         connected_before: &mut bool,
     ) -> anyhow::Result<()> {
         let (client, mut connection) = self.target.connect().await?;
-        let (notifications, mut received) = mpsc::unbounded_channel::<String>();
+        // The connection's own task rings the bells: a task of its own in between would add
+        // a wake-up to every bell, between a writer's commit and the relay's look.
+        let bells = self.bells.clone();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 if let AsyncMessage::Notification(n) = message? {
-                    if notifications.send(n.channel().to_owned()).is_err() {
-                        break;
-                    }
+                    bells.ring(n.channel());
                 }
             }
             Ok::<(), tokio_postgres::Error>(())
@@ -137,16 +147,9 @@ impl Listener {
         // Whatever was announced while we were away is lost: everybody looks now.
         self.bells.ring_all();
 
-        while let Some(channel) = received.recv().await {
-            match channel.as_str() {
-                "outbox" => self.bells.outbox.notify_one(),
-                "jobs" => self.bells.jobs.notify_one(),
-                "retry_policies" => self.bells.retry_policies.notify_one(),
-                _ => {}
-            }
-        }
+        let ended = driver.await?;
         drop(client);
-        match driver.await? {
+        match ended {
             Ok(()) => anyhow::bail!("the connection closed"),
             Err(e) => Err(e.into()),
         }

@@ -452,8 +452,11 @@ impl Relay {
     async fn wake_and_work(&self) -> anyhow::Result<(Nap, i64)> {
         let mut relayed = 0;
         loop {
-            self.doorbell.wake().await?;
-            relayed += self.drain().await?;
+            // The first look does not wait for the wake's round trip (on the listener's
+            // connection): only the next try to sleep must come after it, and it does.
+            let (woke, drained) = tokio::join!(self.doorbell.wake(), self.drain());
+            woke?;
+            relayed += drained?;
             let nap = self.doorbell.try_to_sleep().await?;
             if nap != Nap::Asleep {
                 return Ok((nap, relayed));

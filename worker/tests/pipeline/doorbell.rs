@@ -300,3 +300,80 @@ async fn a_repeatable_read_writer_whose_snapshot_predates_the_workers_sleep_comm
     notified_within(&p, "rr", Duration::from_secs(3)).await;
     worker.stop().await;
 }
+
+/// Whether `pid` holds an exclusive advisory lock (for these tests: "relay asleep").
+async fn asleep_on(p: &TestPipeline, pid: i32) -> bool {
+    p.count(&format!(
+        "select count(*) from pg_locks
+         where locktype = 'advisory' and mode = 'ExclusiveLock' and granted and pid = {pid}"
+    ))
+    .await
+        == 1
+}
+
+#[tokio::test]
+async fn a_woken_relay_looks_without_waiting_for_its_wake_to_be_answered() {
+    use reviews_db::Bookkeeping;
+    use reviews_worker::doorbell::{Doorbell, ListenerConnection};
+    use reviews_worker::jobs::JobRegistry;
+    use reviews_worker::listener::Bells;
+    use reviews_worker::relay::{statements_for, Linger, Relay};
+
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    // The relay sleeps on a connection this test shares with it, as the listener's.
+    let listener = std::sync::Arc::new(p.client().await);
+    let pid: i32 = listener
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let connection = ListenerConnection::default();
+    connection.set(0, listener.clone());
+    let bells = Bells::default();
+    let relay = Relay {
+        db: p.db.clone(),
+        queue: std::sync::Arc::new(p.queue()),
+        doorbell: Doorbell::new(p.db.clone(), connection),
+        bells: bells.clone(),
+        poll_interval: Duration::from_secs(600),
+        statements: statements_for(
+            &JobRegistry::standard(),
+            100,
+            Duration::ZERO,
+            Bookkeeping::Synchronous,
+        ),
+        delayed_bell: Default::default(),
+        hand_off: None,
+        linger: Linger::OFF,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !asleep_on(&p, pid).await {
+        assert!(Instant::now() < deadline, "the relay did not fall asleep");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The listener's connection is busy for 5 s: the wake (its unlock) waits behind that.
+    let busy = {
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            listener.batch_execute("select pg_sleep(5)").await.unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.add_reviews(product, authors("bell", 1)).await;
+    bells.outbox.notify_one();
+    while p.count("select count(*) from outbox_pending").await > 0 {
+        assert!(
+            !busy.is_finished(),
+            "the event waited for the wake's answer on the listener's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!busy.is_finished());
+    busy.await.unwrap();
+    stop.cancel();
+    running.await.unwrap();
+}
