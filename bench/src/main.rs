@@ -496,6 +496,7 @@ async fn hand_offs(stack: &stack::Stack) -> (f64, f64) {
 struct RelayRests {
     looks: f64,
     looks_found_nothing: f64,
+    sleep_tries: f64,
     sleeps: f64,
     look_again_waits: f64,
     look_again_wait_seconds: f64,
@@ -510,6 +511,7 @@ impl RelayRests {
         RelayRests {
             looks: metric("relay_looks_total").await,
             looks_found_nothing: metric("relay_looks_found_nothing_total").await,
+            sleep_tries: metric("relay_sleep_tries_total").await,
             sleeps: metric("relay_sleeps_total").await,
             look_again_waits: metric("relay_look_again_wait_seconds_count").await,
             look_again_wait_seconds: metric("relay_look_again_wait_seconds_sum").await,
@@ -522,6 +524,7 @@ impl RelayRests {
         RelayRests {
             looks: per_s(self.looks, before.looks),
             looks_found_nothing: per_s(self.looks_found_nothing, before.looks_found_nothing),
+            sleep_tries: per_s(self.sleep_tries, before.sleep_tries),
             sleeps: per_s(self.sleeps, before.sleeps),
             look_again_waits: per_s(self.look_again_waits, before.look_again_waits),
             look_again_wait_seconds: per_s(
@@ -541,10 +544,11 @@ impl RelayRests {
 
     fn describe(&self) -> String {
         format!(
-            "{:.0}/s ({:.0}/s found nothing) / {:.1}/s / {:.0}/s, {:.2} ms mean",
+            "{:.0}/s ({:.0}/s found nothing) / {:.1}/s ({:.0}/s tries) / {:.0}/s, {:.2} ms mean",
             self.looks,
             self.looks_found_nothing,
             self.sleeps,
+            self.sleep_tries,
             self.look_again_waits,
             self.mean_wait_ms()
         )
@@ -552,7 +556,7 @@ impl RelayRests {
 
     fn json(&self) -> Value {
         json!({"looks_per_s": self.looks, "looks_found_nothing_per_s": self.looks_found_nothing,
-               "sleeps_per_s": self.sleeps, "look_again_waits_per_s": self.look_again_waits,
+               "sleeps_per_s": self.sleeps, "sleep_tries_per_s": self.sleep_tries, "look_again_waits_per_s": self.look_again_waits,
                "look_again_wait_mean_ms": self.mean_wait_ms()})
     }
 }

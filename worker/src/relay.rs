@@ -35,10 +35,16 @@
 //! below the rate (the 1,000/s latency target's load, say) it never starts
 //! (docs/PERFORMANCE.md, run M).
 //!
-//! The `relay_looks_total`, `relay_looks_found_nothing_total`, `relay_sleeps_total` (times
-//! it went to sleep, or found another relay asleep) and `relay_look_again_wait_seconds` (the
-//! rests it chose while it could not sleep) metrics show how it spends its time; the bench
-//! prints them per phase. Reconciliation runs apart, on its own cadence (`reconciler`).
+//! While it lingers it does not try to sleep: under such a load a writer is nearly always in
+//! flight, so the try (a statement on the listener's connection, each batch) would fail, and
+//! it looks again after the linger anyway. Asleep, every writer would ring, and each bell
+//! would cut a linger short.
+//!
+//! The `relay_looks_total`, `relay_looks_found_nothing_total`, `relay_sleep_tries_total`,
+//! `relay_sleeps_total` (times it went to sleep, or found another relay asleep) and
+//! `relay_look_again_wait_seconds` (the rests it chose while it could not sleep) metrics
+//! show how it spends its time; the bench prints them per phase. Reconciliation runs apart,
+//! on its own cadence (`reconciler`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -436,7 +442,7 @@ impl Relay {
                 // Patient from the wake-up: the writers it slept through have ended.
                 look_again.reset(Instant::now());
             }
-            nap = self.wake_and_work().await;
+            nap = self.wake_and_work(look_again.lingering).await;
             if matches!(nap, Ok((Nap::Asleep | Nap::AnotherRelaySleeps, _))) {
                 metrics::counter!("relay_sleeps_total").increment(1);
             }
@@ -448,8 +454,9 @@ impl Relay {
 
     /// Wakes (writers stop ringing), drains the outbox, then tries to sleep again; asleep, it
     /// looks once more, since every writer that found it awake has ended by then. Returns
-    /// how it rests, and how many events it relayed.
-    async fn wake_and_work(&self) -> anyhow::Result<(Nap, i64)> {
+    /// how it rests, and how many events it relayed. While it lingers it does not try to
+    /// sleep (see the module docs).
+    async fn wake_and_work(&self, lingering: bool) -> anyhow::Result<(Nap, i64)> {
         let mut relayed = 0;
         loop {
             // The first look does not wait for the wake's round trip (on the listener's
@@ -457,6 +464,10 @@ impl Relay {
             let (woke, drained) = tokio::join!(self.doorbell.wake(), self.drain());
             woke?;
             relayed += drained?;
+            if lingering {
+                return Ok((Nap::KeepLooking, relayed));
+            }
+            metrics::counter!("relay_sleep_tries_total").increment(1);
             let nap = self.doorbell.try_to_sleep().await?;
             if nap != Nap::Asleep {
                 return Ok((nap, relayed));

@@ -161,20 +161,14 @@ async fn a_bell_costs_the_relay_one_look_that_finds_the_events_and_one_once_asle
     child.wait().unwrap();
 }
 
-#[tokio::test]
-async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
-    let p = TestPipeline::new().await;
-    let product = p.create_product("owner").await;
-    let port = free_port();
-    // It lingers 1 s while events come faster than 1/s (here: one every 10-odd ms).
-    let settings = [("RELAY_LINGER", "1s"), ("RELAY_LINGER_ABOVE", "1")];
-    let mut child = worker_serving_metrics(&p, port, "10min", &settings);
-    wait_for_metrics(port).await;
-    wait_for_sleeps(port, 1.0).await;
-
-    // A writer in flight for the whole load, as the outbox trigger marks one (a shared
-    // hold on "relay asleep"): the relay cannot sleep, so it keeps looking. The hold waits
-    // while the relay sleeps, and is granted when the first commit's bell wakes it.
+/// A writer in flight for as long as the returned client lives, as the outbox trigger marks
+/// one (a shared hold on "relay asleep"): the relay cannot sleep, so it keeps looking. The
+/// hold waits while the relay sleeps, and is granted when the bell of a first review on
+/// `product` wakes it.
+async fn writer_in_flight_from_the_first_review(
+    p: &TestPipeline,
+    product: uuid::Uuid,
+) -> tokio_postgres::Client {
     let in_flight = p.client().await;
     let held = tokio::spawn(async move {
         in_flight
@@ -187,19 +181,16 @@ async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
         in_flight
     });
     p.add_reviews(product, authors("first", 1)).await;
-    let in_flight = tokio::time::timeout(Duration::from_secs(10), held)
+    tokio::time::timeout(Duration::from_secs(10), held)
         .await
         .expect("the relay woke to the bell")
-        .unwrap();
-    wait_for_counter(port, "relay_events_total", 1.0).await;
-    let looks = counter(port, "relay_looks_total").await;
-    let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
-    let events = counter(port, "relay_events_total").await;
-    let sleeps = counter(port, "relay_sleeps_total").await;
+        .unwrap()
+}
 
-    // 60 reviews, each committed on its own, one after another, 10 ms apart.
+/// Inserts `n` reviews on `product`, each committed on its own, 10 ms apart.
+async fn reviews_one_by_one(p: &TestPipeline, product: uuid::Uuid, n: usize) {
     let writer = p.client().await;
-    for i in 0..60 {
+    for i in 0..n {
         writer
             .execute(
                 "insert into reviews (product_id, author_id, rating, title, body)
@@ -210,6 +201,27 @@ async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let port = free_port();
+    // It lingers 1 s while events come faster than 1/s (here: one every 10-odd ms).
+    let settings = [("RELAY_LINGER", "1s"), ("RELAY_LINGER_ABOVE", "1")];
+    let mut child = worker_serving_metrics(&p, port, "10min", &settings);
+    wait_for_metrics(port).await;
+    wait_for_sleeps(port, 1.0).await;
+
+    let in_flight = writer_in_flight_from_the_first_review(&p, product).await;
+    wait_for_counter(port, "relay_events_total", 1.0).await;
+    let looks = counter(port, "relay_looks_total").await;
+    let found_nothing = counter(port, "relay_looks_found_nothing_total").await;
+    let events = counter(port, "relay_events_total").await;
+    let sleeps = counter(port, "relay_sleeps_total").await;
+
+    reviews_one_by_one(&p, product, 60).await;
     // Every event relayed, while the writer is still in flight.
     wait_for_counter(port, "relay_events_total", events + 60.0).await;
     let looks_with_events = (counter(port, "relay_looks_total").await - looks)
@@ -227,6 +239,55 @@ async fn under_load_the_relay_lingers_and_each_look_gathers_several_commits() {
         per_look >= 5.0,
         "{relayed} events in {looks_with_events} looks: {per_look:.1} a look"
     );
+    drop(in_flight);
+    p.wait_until_idle(Duration::from_secs(20)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn while_it_lingers_the_relay_does_not_try_to_sleep() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let port = free_port();
+    // It lingers 500 ms while events come faster than 1/s (here: one every 10-odd ms).
+    let settings = [("RELAY_LINGER", "500ms"), ("RELAY_LINGER_ABOVE", "1")];
+    let mut child = worker_serving_metrics(&p, port, "10min", &settings);
+    wait_for_metrics(port).await;
+    wait_for_sleeps(port, 1.0).await;
+    // With a writer always in flight, every try to sleep fails: a relay that tried after
+    // each look would count a try per look.
+    let in_flight = writer_in_flight_from_the_first_review(&p, product).await;
+    // It lingers from its first window of 20 ms with events (its first look's); 30 events
+    // in, it has lingered at least once.
+    let lingering = async {
+        wait_for_counter(port, "relay_events_total", 31.0).await;
+        (
+            counter(port, "relay_sleep_tries_total").await,
+            counter(port, "relay_looks_total").await,
+            counter(port, "relay_sleeps_total").await,
+        )
+    };
+    let ((), (tries, looks, sleeps)) =
+        tokio::join!(reviews_one_by_one(&p, product, 100), lingering);
+    // Read as the last events are relayed: the next look, 500 ms later, finds nothing, and
+    // only then does the relay stop lingering (and try to sleep again).
+    wait_for_counter(port, "relay_events_total", 101.0).await;
+    let tries_after = counter(port, "relay_sleep_tries_total").await;
+    let looks_after = counter(port, "relay_looks_total").await;
+    assert!(
+        looks_after - looks >= 2.0,
+        "the load lasted a second: {} looks",
+        looks_after - looks
+    );
+    assert_eq!(
+        tries_after - tries,
+        0.0,
+        "tries to sleep in {} looks while lingering",
+        looks_after - looks
+    );
+    assert_eq!(counter(port, "relay_sleeps_total").await, sleeps);
+    assert!(tries > 0.0, "the relay tried to sleep before the load");
     drop(in_flight);
     p.wait_until_idle(Duration::from_secs(20)).await;
     child.kill().unwrap();
