@@ -8,7 +8,7 @@ CREATE FUNCTION public.apply_rating_jobs(p_ids bigint[], p_attempts integer[], p
     AS $$
 declare
     v_product uuid;
-    v_applied bigint;
+    v_announcements bigint;
 begin
     perform complete_jobs_fenced(p_ids, p_attempts, p_commit);
     -- A payload without a products list comes from a worker from before batch jobs (or is
@@ -54,7 +54,13 @@ begin
             updated_at = excluded.updated_at
         returning product_id
     )
-    select count(pg_notify('rating_changed', product_id::text)) into v_applied from applied;
+    -- One notification per 200 products (200 ids of 37 bytes stay under the 8,000-byte
+    -- payload limit), not one per product.
+    select count(pg_notify('rating_changed', ids)) into v_announcements
+    from (select string_agg(product_id::text, ',' order by product_id) as ids
+          from (select product_id, (row_number() over (order by product_id) - 1) / 200 as part
+                from applied) numbered
+          group by part) announced;
     for v_product in
         select distinct e.product_id
         from unnest(p_payloads) as jobs (payload)

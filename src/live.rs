@@ -1,7 +1,8 @@
 //! The live feed behind GraphQL subscriptions: one LISTEN connection per API process (its
 //! own, not pooled; it reconnects with capped backoff) on `review_events` (event ids the
-//! worker relayed) and `rating_changed` (products whose summary was recomputed). Each
-//! notification is turned into an event once and fanned out in memory to every subscriber.
+//! worker relayed) and `rating_changed` (products whose summary changed: one id, or a relay
+//! batch's ids comma-separated). Each notification is turned into events with one query and
+//! fanned out in memory to every subscriber.
 //!
 //! Subscribers read from a bounded broadcast channel: one that falls behind by more than
 //! [`BUFFER`] events is dropped (its stream ends) rather than let memory grow.
@@ -106,31 +107,51 @@ impl LiveFeed {
     }
 
     async fn publish(&self, db: &Db, channel: &str, payload: &str) -> anyhow::Result<()> {
+        let (ids, malformed) = ids_in(payload);
+        if !malformed.is_empty() {
+            tracing::warn!(%channel, ?malformed, "skipped parts of a notification that are not ids");
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
         let conn = db.conn().await?;
         match channel {
             "review_events" => {
-                let ids: Vec<Uuid> = payload
-                    .split(',')
-                    .filter_map(|id| id.parse().ok())
-                    .collect();
                 for review in reviews_db::reviews::reviews_created_by_events(&conn, &ids).await? {
                     let _ = self.sender.send(Arc::new(LiveEvent::ReviewAdded(review)));
                 }
             }
+            // One product (recompute_product_rating), or a relay batch's (apply_rating_jobs,
+            // db/migrations/0022): one query for all of them.
             "rating_changed" => {
-                let product: Uuid = payload.parse()?;
-                let summary = reviews_db::ratings::ratings_by_product_ids(&conn, &[product])
-                    .await?
-                    .pop()
-                    .unwrap_or_else(|| RatingSummary::empty(product));
-                let _ = self
-                    .sender
-                    .send(Arc::new(LiveEvent::RatingChanged(summary)));
+                let mut found = reviews_db::ratings::ratings_by_product_ids(&conn, &ids).await?;
+                for product in ids {
+                    let summary = match found.iter().position(|s| s.product_id == product) {
+                        Some(at) => found.swap_remove(at),
+                        None => RatingSummary::empty(product),
+                    };
+                    let _ = self
+                        .sender
+                        .send(Arc::new(LiveEvent::RatingChanged(summary)));
+                }
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// The ids of a notification's payload, comma-separated, and the parts that are not ids.
+fn ids_in(payload: &str) -> (Vec<Uuid>, Vec<&str>) {
+    let mut ids = Vec::new();
+    let mut malformed = Vec::new();
+    for part in payload.split(',') {
+        match part.parse() {
+            Ok(id) => ids.push(id),
+            Err(_) => malformed.push(part),
+        }
+    }
+    (ids, malformed)
 }
 
 fn until_lagging(
@@ -155,6 +176,19 @@ mod tests {
         let mut summary = RatingSummary::empty(Uuid::nil());
         summary.count = n;
         Arc::new(LiveEvent::RatingChanged(summary))
+    }
+
+    #[test]
+    fn a_payload_names_one_id_or_several_and_parts_that_are_not_ids_are_set_apart() {
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        assert_eq!(ids_in(&a.to_string()), (vec![a], vec![]));
+        assert_eq!(ids_in(&format!("{a},{b}")), (vec![a, b], vec![]));
+        assert_eq!(
+            ids_in(&format!("{a},not-an-id,,{b}")),
+            (vec![a, b], vec!["not-an-id", ""])
+        );
+        assert_eq!(ids_in(""), (vec![], vec![""]));
     }
 
     #[tokio::test]

@@ -166,3 +166,44 @@ async fn a_forged_token_in_connection_init_closes_the_connection_and_bad_argumen
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn one_rating_changed_notification_naming_several_products_reaches_each_ones_subscribers() {
+    let app = TestApp::spawn().await;
+    let kettle = app.create_product("owner", "Kettle").await;
+    let toaster = app.create_product("owner", "Toaster").await;
+    let mut socket = connect(&app, "graphql-transport-ws", json!({})).await;
+    assert_eq!(
+        next(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "connection_ack"
+    );
+    for (id, product) in [("1", &kettle), ("2", &toaster)] {
+        send(&mut socket, json!({"id": id, "type": "subscribe", "payload": {"query": RATING_CHANGED, "variables": {"p": product}}})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A relay batch's changes, as apply_rating_jobs announces them (db/migrations/0022), with
+    // a part that is no id: it is skipped, the others are published.
+    app.database
+        .client()
+        .await
+        .execute(
+            "select pg_notify('rating_changed', $1)",
+            &[&format!("{kettle},not-an-id,{toaster}")],
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = next(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("socket open");
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(
+            message["payload"]["data"]["ratingChanged"],
+            json!({"count": 0, "average": 0.0, "histogram": [0, 0, 0, 0, 0]})
+        );
+        seen.push(message["id"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["1", "2"]);
+}

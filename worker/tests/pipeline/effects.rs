@@ -612,3 +612,68 @@ async fn a_relay_on_a_schema_without_batch_rating_jobs_fails_and_its_events_wait
     assert_eq!(p.count("select count(*) from outbox_pending").await, 2);
     assert_eq!(p.count("select count(*) from jobs").await, 0);
 }
+
+#[tokio::test]
+async fn the_summaries_a_call_changes_are_announced_together_up_to_200_products_a_notification() {
+    use futures::StreamExt;
+
+    let p = TestPipeline::new().await;
+    let products: Vec<uuid::Uuid> = p
+        .column(
+            "insert into products (name, owner_id)
+             select 'p', 'owner-' || g from generate_series(1, 250) g returning id",
+        )
+        .await;
+    p.sql(
+        "insert into reviews (product_id, author_id, rating, title, body)
+         select id, 'author', 4, 't', 'b' from products",
+    )
+    .await;
+    let (listener, mut connection) = p
+        .database
+        .config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("listen rating_changed")
+        .await
+        .unwrap();
+
+    let started = relay_and_start(&p).await;
+    let results = run_as(&p, &started, "recompute_rating", |job| job.attempt).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let summaries = p
+        .count("select count(*) from product_ratings where review_count = 1")
+        .await;
+    assert_eq!(summaries, 250);
+
+    // Delivered in commit order, after the call's commit; a query after it on the listener's
+    // connection comes back after them.
+    listener.batch_execute("select 1").await.unwrap();
+    let mut payloads = Vec::new();
+    while let Ok(payload) = announced.try_recv() {
+        payloads.push(payload);
+    }
+    let mut sizes: Vec<usize> = payloads.iter().map(|p| p.split(',').count()).collect();
+    sizes.sort();
+    assert_eq!(sizes, [50, 200], "products per notification");
+    let mut named: Vec<uuid::Uuid> = payloads
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    named.sort();
+    let mut all = products;
+    all.sort();
+    assert_eq!(named, all, "every changed product, once");
+}
