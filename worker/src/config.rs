@@ -109,7 +109,7 @@ pub struct Tuning {
           default_value = "8ms", value_parser = parse_duration)]
     pub relay_linger: Duration,
     /// The rate (events per second that this worker's relay relays, measured over 20 ms or
-    /// more) above which the relay lingers.
+    /// more) above which the relay lingers; lingering, it stops below three quarters of it.
     #[arg(long = "relay-linger-above", env = "RELAY_LINGER_ABOVE", value_name = "RELAY_LINGER_ABOVE",
           default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub relay_linger_above: u32,

@@ -28,7 +28,8 @@
 //!
 //! Under load it lingers (`RELAY_LINGER`, `RELAY_LINGER_ABOVE`): while the events it relays
 //! come faster than a rate (measured over windows of at least 20 ms), it waits longer after
-//! a round that found events, so the next batch gathers more. Most of what a batch costs
+//! a round that found events, so the next batch gathers more (and once lingering, until they
+//! come slower than three quarters of that rate). Most of what a batch costs
 //! Postgres is per batch, not per event (the claim, a rating job, a notify job, their
 //! completions), so under a flat-out load larger batches give the writers back much of the
 //! worker's CPU. The rate is measured over the linger too, so lingering ends with the load;
@@ -97,6 +98,10 @@ impl Linger {
 /// long: over a round or two, a few writers committing together look like a load.
 pub const LINGER_RATE_WINDOW: Duration = Duration::from_millis(20);
 
+/// Lingering, the relay stops once the events come slower than this share of
+/// [`Linger::above`].
+pub const LINGER_STOPS_BELOW: f64 = 0.75;
+
 /// When a relay that cannot sleep looks again (see the module docs).
 struct LookAgain {
     backoff: Backoff,
@@ -148,7 +153,16 @@ impl LookAgain {
         let elapsed = now.duration_since(self.window_began_at);
         if elapsed >= LINGER_RATE_WINDOW {
             let rate = self.window_events as f64 / elapsed.as_secs_f64();
-            self.lingering = rate > self.linger.above;
+            // Once lingering, it stops below three quarters of the rate: a load that hovers
+            // about the rate (a slow hour's flat-out rate on a small machine, say) would
+            // otherwise linger in some windows and not in others, and every window without
+            // costs it more Postgres time per event, which slows it further.
+            let above = if self.lingering {
+                self.linger.above * LINGER_STOPS_BELOW
+            } else {
+                self.linger.above
+            };
+            self.lingering = rate > above;
             self.window_began_at = now;
             self.window_events = 0;
         }
@@ -554,6 +568,21 @@ mod tests {
         let mut look_again = LookAgain::new(start, linger);
         assert_eq!(look_again.after(40, start + ms(20)), Duration::ZERO);
         assert_eq!(look_again.after(41, start + ms(40)), ms(8));
+        // Once lingering, a window a little slower than the rate does not stop it; one
+        // slower than three quarters of it does.
+        let mut look_again = LookAgain::new(start, linger);
+        assert_eq!(look_again.after(60, start + ms(20)), ms(8), "3,000/s");
+        assert_eq!(look_again.after(32, start + ms(40)), ms(8), "1,600/s");
+        assert_eq!(
+            look_again.after(29, start + ms(60)),
+            Duration::ZERO,
+            "1,450/s"
+        );
+        assert_eq!(
+            look_again.after(32, start + ms(80)),
+            Duration::ZERO,
+            "not lingering: 1,600/s does not start it"
+        );
         // Asleep, then awake: a new window, not lingering.
         look_again.reset(start + ms(500));
         assert_eq!(look_again.after(20, start + ms(505)), Duration::ZERO);
