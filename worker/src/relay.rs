@@ -82,7 +82,9 @@ pub struct Linger {
     /// How long it waits before its next look…
     pub wait: Duration,
     /// …after a round of looks that found events, while the events it relays come faster
-    /// than this (events per second, over windows of [`LINGER_RATE_WINDOW`] or longer).
+    /// than this (events per second, over windows of [`LINGER_RATE_WINDOW`] or longer;
+    /// once lingering, until they come slower than [`LINGER_STOPS_BELOW`] of it). A zero
+    /// wait never lingers, whatever the rate.
     pub above: f64,
 }
 
@@ -107,7 +109,8 @@ struct LookAgain {
     backoff: Backoff,
     found_events_at: Instant,
     linger: Linger,
-    /// Whether the last window's events came faster than the linger's rate.
+    /// Whether it lingers: the last window's events came faster than the linger's rate (or,
+    /// lingering already, than three quarters of it), and the linger has a wait.
     lingering: bool,
     /// The window being measured: when it began, and the events relayed since.
     window_began_at: Instant,
@@ -162,7 +165,7 @@ impl LookAgain {
             } else {
                 self.linger.above
             };
-            self.lingering = rate > above;
+            self.lingering = rate > above && !self.linger.wait.is_zero();
             self.window_began_at = now;
             self.window_events = 0;
         }
@@ -588,5 +591,16 @@ mod tests {
         assert_eq!(look_again.after(20, start + ms(505)), Duration::ZERO);
         let mut off = LookAgain::new(start, Linger::OFF);
         assert_eq!(off.after(10_000, start + ms(30)), Duration::ZERO);
+        // RELAY_LINGER=0ms: no wait, and not lingering either (a lingering relay does not try
+        // to sleep).
+        let mut zero = LookAgain::new(
+            start,
+            Linger {
+                wait: Duration::ZERO,
+                above: 1.0,
+            },
+        );
+        assert_eq!(zero.after(10_000, start + ms(30)), Duration::ZERO);
+        assert!(!zero.lingering);
     }
 }

@@ -362,7 +362,21 @@ async fn a_woken_relay_looks_without_waiting_for_its_wake_to_be_answered() {
             listener.batch_execute("select pg_sleep(5)").await.unwrap();
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while p
+        .count(&format!(
+            "select count(*) from pg_stat_activity
+             where pid = {pid} and state = 'active' and query like '%pg_sleep%'"
+        ))
+        .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the listener's connection is not busy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     p.add_reviews(product, authors("bell", 1)).await;
     bells.outbox.notify_one();
     while p.count("select count(*) from outbox_pending").await > 0 {

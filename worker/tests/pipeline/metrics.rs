@@ -250,8 +250,9 @@ async fn while_it_lingers_the_relay_does_not_try_to_sleep() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
     let port = free_port();
-    // It lingers 500 ms while events come faster than 1/s (here: one every 10-odd ms).
-    let settings = [("RELAY_LINGER", "500ms"), ("RELAY_LINGER_ABOVE", "1")];
+    // It lingers 700 ms while events come faster than 1/s (here: one every 10-odd ms): only
+    // a writer stalled that long would end the linger before the load does.
+    let settings = [("RELAY_LINGER", "700ms"), ("RELAY_LINGER_ABOVE", "1")];
     let mut child = worker_serving_metrics(&p, port, "10min", &settings);
     wait_for_metrics(port).await;
     wait_for_sleeps(port, 1.0).await;
@@ -269,15 +270,15 @@ async fn while_it_lingers_the_relay_does_not_try_to_sleep() {
         )
     };
     let ((), (tries, looks, sleeps)) =
-        tokio::join!(reviews_one_by_one(&p, product, 100), lingering);
-    // Read as the last events are relayed: the next look, 500 ms later, finds nothing, and
+        tokio::join!(reviews_one_by_one(&p, product, 150), lingering);
+    // Read as the last events are relayed: the next look, 700 ms later, finds nothing, and
     // only then does the relay stop lingering (and try to sleep again).
-    wait_for_counter(port, "relay_events_total", 101.0).await;
+    wait_for_counter(port, "relay_events_total", 151.0).await;
     let tries_after = counter(port, "relay_sleep_tries_total").await;
     let looks_after = counter(port, "relay_looks_total").await;
     assert!(
         looks_after - looks >= 2.0,
-        "the load lasted a second: {} looks",
+        "the load lasted 1.5 s: {} looks",
         looks_after - looks
     );
     assert_eq!(
