@@ -3,33 +3,20 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use reviews_db::doorbell::{try_to_sleep, wake, SleepAttempt};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::support::*;
 
-/// A separate LISTEN connection that counts `outbox` notifications.
-async fn doorbell_listener(p: &TestPipeline) -> (Client, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    let (client, mut connection) = p.database.config.connect(NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                let _ = tx.send(());
-            }
-        }
-    });
-    client.batch_execute("listen outbox").await.unwrap();
-    (client, rx)
-}
-
-async fn rings_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, wait: Duration) -> usize {
+/// The `outbox` notifications a `listening` connection hears within `wait`.
+async fn rings_within(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    wait: Duration,
+) -> usize {
     let mut rings = 0;
     let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(())) = tokio::time::timeout_at(deadline, rx.recv()).await {
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, rx.recv()).await {
         rings += 1;
     }
     rings
@@ -67,7 +54,7 @@ fn insert_review(product: Uuid, author: &str) -> String {
 async fn writers_ring_while_a_relay_sleeps_and_not_while_it_is_awake() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
-    let (_listener, mut rings) = doorbell_listener(&p).await;
+    let (_listener, mut rings) = p.listening("outbox").await;
     let relay = RelaySession::open(&p).await;
 
     // Nobody sleeps: nobody rings.
@@ -186,7 +173,7 @@ async fn an_open_review_transaction_holds_back_no_other_writer() {
 async fn repeatable_read_and_serializable_writers_ring_and_never_fail_because_of_the_bell() {
     let p = TestPipeline::new().await;
     let product = p.create_product("owner").await;
-    let (_listener, mut rings) = doorbell_listener(&p).await;
+    let (_listener, mut rings) = p.listening("outbox").await;
     let relay = RelaySession::open(&p).await;
     for isolation in ["repeatable read", "serializable"] {
         // Two writers take their snapshots while the relay is awake…

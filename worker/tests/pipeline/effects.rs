@@ -615,8 +615,6 @@ async fn a_relay_on_a_schema_without_batch_rating_jobs_fails_and_its_events_wait
 
 #[tokio::test]
 async fn the_summaries_a_call_changes_are_announced_together_up_to_200_products_a_notification() {
-    use futures::StreamExt;
-
     let p = TestPipeline::new().await;
     let products: Vec<uuid::Uuid> = p
         .column(
@@ -629,25 +627,7 @@ async fn the_summaries_a_call_changes_are_announced_together_up_to_200_products_
          select id, 'author', 4, 't', 'b' from products",
     )
     .await;
-    let (listener, mut connection) = p
-        .database
-        .config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
-    listener
-        .batch_execute("listen rating_changed")
-        .await
-        .unwrap();
+    let (listener, mut announced) = p.listening("rating_changed").await;
 
     let started = relay_and_start(&p).await;
     let results = run_as(&p, &started, "recompute_rating", |job| job.attempt).await;

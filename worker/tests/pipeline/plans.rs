@@ -510,13 +510,13 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
     }
 }
 
-async fn conn_query_one(conn: &reviews_db::Sql<impl AsClient>, sql: &str) -> String {
+async fn conn_query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    conn: &reviews_db::Sql<impl AsClient>,
+    sql: &str,
+) -> T {
     conn.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 async fn backend_pid(conn: &reviews_db::Sql<impl AsClient>) -> i32 {
-    conn.query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
+    conn_query_one(conn, "select pg_backend_pid()").await
 }

@@ -232,6 +232,35 @@ impl TestPipeline {
         self.database.client().await
     }
 
+    /// A connection of its own with LISTEN on `channel`, and the payloads it hears.
+    pub async fn listening(
+        &self,
+        channel: &str,
+    ) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use futures::StreamExt;
+
+        let (client, mut connection) = self
+            .database
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("listen {channel}"))
+            .await
+            .unwrap();
+        (client, rx)
+    }
+
     /// A connection of the test's own to this pipeline's Redis (one server or the cluster).
     pub async fn redis(&self) -> Connection {
         self.redis.dedicated().await.unwrap()
