@@ -61,7 +61,7 @@ use crate::jobs::notify_owner::NotifyOwner;
 use crate::jobs::{JobKind, JobRegistry};
 use crate::listener::Bells;
 use crate::promoter::DelayedBell;
-use crate::queue::JobQueue;
+use crate::queue::{Handed, JobQueue};
 use crate::runner::{HandOff, Reserved};
 
 /// How soon a relay that cannot sleep (a writer is in flight) looks again after looks that
@@ -292,7 +292,7 @@ impl Relay {
         if !batch.held_back.is_empty() && enqueued.is_ok() {
             self.delayed_bell.ring();
         }
-        let refused = matches!(enqueued, Ok((_, None)));
+        let refused = matches!(enqueued, Ok((_, Handed::Refused)));
         if let Some(hand_off) = &self.hand_off {
             // Jobs enqueued as usual wait unread: they go before any hand-off.
             if refused || (enqueued.is_ok() && !batch.job_ids.is_empty()) {
@@ -300,11 +300,11 @@ impl Relay {
             }
         }
         match enqueued {
-            Ok((_, Some(deliveries))) => {
+            Ok((_, Handed::Delivered(deliveries))) => {
                 self.run_handed_over(reserved, batch.started, deliveries)
                     .await
             }
-            Ok((_, None)) => {
+            Ok((_, Handed::Refused)) => {
                 drop(reserved);
                 metrics::counter!("relay_hand_offs_refused_total").increment(1);
                 self.enqueue_instead(batch.started).await;

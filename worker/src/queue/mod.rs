@@ -48,6 +48,17 @@ pub struct Delivery {
     pub job_id: i64,
 }
 
+/// What became of the jobs [`JobQueue::hand_off_and_enqueue`] was given to hand over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handed {
+    /// Added and delivered to the consumer, in the order given, except those the queue held
+    /// already (queued by a reconciler meanwhile): the queue runs those.
+    Delivered(Vec<Delivery>),
+    /// Not added: the group has entries it has not delivered yet, and a read returns those
+    /// first.
+    Refused,
+}
+
 struct Keys {
     stream: String,
     delayed: String,
@@ -164,16 +175,14 @@ impl JobQueue {
     /// [`enqueue_all`](Self::enqueue_all), first adding the jobs `handed` (started already)
     /// and delivering them to `consumer` in the same round trip: their leases are that
     /// consumer's, as if it had read them. Returns how many of `ready` and `later` were
-    /// added, and the deliveries of `handed`, in its order; `None` when the group has
-    /// entries it has not delivered yet, so that a read would not return these: then they
-    /// were not added (see `scripts::ENQUEUE`).
+    /// added, and what became of `handed` (see `scripts::ENQUEUE`).
     pub async fn hand_off_and_enqueue(
         &self,
         consumer: &str,
         handed: &[i64],
         ready: &[i64],
         later: &[(i64, Duration)],
-    ) -> Result<(usize, Option<Vec<Delivery>>), QueueError> {
+    ) -> Result<(usize, Handed), QueueError> {
         let mut invocation = self.enqueue.key(&self.keys.stream);
         invocation
             .key(&self.keys.known)
@@ -190,17 +199,17 @@ impl JobQueue {
             invocation.arg(id).arg(due_in.as_millis().max(1) as u64);
         }
         let mut conn = self.conn().await?;
-        let (added, delivered): (usize, Vec<(String, i64)>) =
+        let (added, delivered, made): (usize, Vec<(String, i64)>, bool) =
             on!(conn, |c| invocation.invoke_async(c));
-        let handed = match (handed.is_empty(), delivered.is_empty()) {
-            (true, _) => Some(Vec::new()),
-            (false, true) => None,
-            (false, false) => Some(
+        let handed = if made {
+            Handed::Delivered(
                 delivered
                     .into_iter()
                     .map(|(entry_id, job_id)| Delivery { entry_id, job_id })
                     .collect(),
-            ),
+            )
+        } else {
+            Handed::Refused
         };
         Ok((added, handed))
     }

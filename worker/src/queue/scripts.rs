@@ -13,7 +13,8 @@
 /// already is not handed over either: a reconciler found it pending and unknown to the queue
 /// between the relay's commit and this call, and queued it, and another runner may hold it
 /// now; a second entry would run it twice. Returns how many of the other jobs were added,
-/// and the entry and job ids handed over (none when refused).
+/// the entry and job ids handed over, and 1 if the hand-off was made (even when every job
+/// was held already, so none is handed over) or 0 if it was refused.
 pub const ENQUEUE: &str = r"
 local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local function later(a, b)
@@ -23,8 +24,8 @@ local function later(a, b)
   return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
 end
 local handed = {}
+local caught_up = false
 if n > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  local caught_up = false
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local fields = {}
     for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
@@ -68,7 +69,7 @@ for i = 4 + n, #ARGV, 2 do
     added = added + 1
   end
 end
-return {added, handed}";
+return {added, handed, (n == 0 or caught_up) and 1 or 0}";
 
 /// Acknowledges deliveries and forgets their jobs (they finished or died). ARGV: the group,
 /// then entry id and job id pairs.

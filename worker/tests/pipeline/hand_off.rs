@@ -9,6 +9,7 @@ use std::time::Duration;
 use reviews_worker::doorbell::{Doorbell, ListenerConnection};
 use reviews_worker::jobs::JobRegistry;
 use reviews_worker::listener::Bells;
+use reviews_worker::queue::Handed;
 use reviews_worker::relay::{Linger, Relay, RelayOutcome};
 use reviews_worker::retry::RetryPolicies;
 use reviews_worker::runner::{Runner, RunnerSettings};
@@ -195,19 +196,51 @@ async fn a_started_job_a_reconciler_queued_before_its_hand_off_is_not_handed_ove
         .hand_off_and_enqueue("relay-runner", &started, &[], &[])
         .await
         .unwrap();
-    let handed: Vec<i64> = handed
-        .expect("the group had delivered every entry")
-        .iter()
-        .map(|delivery| delivery.job_id)
-        .collect();
+    let Handed::Delivered(handed) = handed else {
+        panic!("the group had delivered every entry, yet the hand-off was refused");
+    };
+    let handed: Vec<i64> = handed.iter().map(|delivery| delivery.job_id).collect();
     assert_eq!(handed, started[1..]);
     assert_eq!(queue.depth().await.unwrap().stream, 2, "one entry per job");
 
-    // Held by the queue already, every job it is given to hand over: none is.
+    // Held by the queue already, every job it is given to hand over: none is, and that is
+    // not a refusal (`relay_hand_offs_refused_total` counts refusals).
     let (_, handed) = queue
         .hand_off_and_enqueue("relay-runner", &started, &[], &[])
         .await
         .unwrap();
-    assert_eq!(handed, None);
+    assert_eq!(handed, Handed::Delivered(Vec::new()));
     assert_eq!(queue.depth().await.unwrap().stream, 2);
+}
+
+#[tokio::test]
+async fn a_hand_off_is_refused_while_the_group_has_an_unread_entry_and_adds_nothing() {
+    let p = TestPipeline::new().await;
+    let queue = p.queue();
+    queue.ensure_group().await.unwrap();
+    queue.enqueue(&[1]).await.unwrap();
+    let (added, handed) = queue
+        .hand_off_and_enqueue("relay-runner", &[2, 3], &[4], &[])
+        .await
+        .unwrap();
+    assert_eq!(handed, Handed::Refused, "a read would return job 1 first");
+    assert_eq!(added, 1, "the jobs to enqueue are added all the same");
+    assert_eq!(queue.depth().await.unwrap().stream, 2, "jobs 1 and 4 only");
+
+    // Once another runner has read both, the group is caught up: the hand-off is made.
+    let mut other = queue.blocking_connection().await.unwrap();
+    let read = queue
+        .read(&mut other, "another-runner", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    let (_, handed) = queue
+        .hand_off_and_enqueue("relay-runner", &[2, 3], &[], &[])
+        .await
+        .unwrap();
+    let Handed::Delivered(handed) = handed else {
+        panic!("refused with every entry delivered");
+    };
+    let handed: Vec<i64> = handed.iter().map(|delivery| delivery.job_id).collect();
+    assert_eq!(handed, [2, 3]);
 }
