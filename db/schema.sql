@@ -363,14 +363,24 @@ begin
     if not found then
         return false;
     end if;
-    if not merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
+    if merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
+        return true;
+    end if;
+    begin
+        -- A rating job replayed from its dead letter recomputes: whether its deltas were
+        -- applied is what a dead letter leaves in doubt.
         update jobs
         set status = 'pending', attempts = 0, run_at = now(), last_error = null, finished_at = null,
             payload = case when kind = 'recompute_rating'
                            then payload || '{"recompute": true}' else payload end
         where id = v_job_id and status = 'dead';
-        perform pg_notify('jobs', '');
-    end if;
+    exception when unique_violation then
+        if merge_into_waiting_twin(v_job_id, 'dead', 'replayed') then
+            return true;
+        end if;
+        raise;
+    end;
+    perform pg_notify('jobs', '');
     return true;
 end;
 $$;

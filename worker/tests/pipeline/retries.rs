@@ -342,6 +342,73 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
 }
 
 #[tokio::test]
+async fn a_replay_that_meets_a_twin_being_inserted_merges_into_it_once_it_commits() {
+    let p = TestPipeline::new().await;
+    let state = |id: i64| format!("select status || ' ' || attempts from jobs where id = {id}");
+    let (dead, twin) = started_job_and_waiting_twin(&p).await;
+    p.sql(&format!(
+        "delete from jobs where id = {twin};
+         update jobs set status = 'dead', attempts = 10, finished_at = now() where id = {dead};
+         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
+         select id, kind, payload, attempts, created_at from jobs where id = {dead}"
+    ))
+    .await;
+    let letter: i64 = p
+        .count(&format!("select id from dead_jobs where job_id = {dead}"))
+        .await;
+
+    // A relay's insert of a twin, not committed yet: the replay cannot see it, and making
+    // the job pending again waits for it on the coalescing index.
+    let relay = p.client().await;
+    relay
+        .batch_execute(
+            "begin;
+             insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1')",
+        )
+        .await
+        .unwrap();
+    let db = p.db.clone();
+    let replay = tokio::spawn(async move {
+        let conn = db.conn().await.unwrap();
+        reviews_db::jobs::replay_dead_job(&conn, letter).await
+    });
+    let waiting = "select count(*) from pg_stat_activity
+                   where datname = current_database() and wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.count(waiting).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline && !replay.is_finished(),
+            "the replay should wait for the insert"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.batch_execute("commit").await.unwrap();
+
+    let replayed = tokio::time::timeout(Duration::from_secs(5), replay)
+        .await
+        .expect("the replay ends once the insert commits")
+        .unwrap();
+    assert!(replayed.expect("no duplicate-key failure"));
+    assert_eq!(p.column::<String>(&state(dead)).await, ["done 10"]);
+    let twins: Vec<String> = p
+        .column(&format!(
+            "select status || ' ' || attempts || ' ' || (payload->>'recompute')
+             from jobs where id <> {dead}"
+        ))
+        .await;
+    assert_eq!(
+        twins,
+        ["pending 0 true"],
+        "the twin recomputes for the replay"
+    );
+    assert_eq!(
+        p.count("select count(*) from dead_jobs where replayed_at is not null")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_hand_back_that_meets_a_twin_being_inserted_merges_into_it_once_it_commits() {
     let p = TestPipeline::new().await;
     let state = |id: i64| format!("select status || ' ' || attempts from jobs where id = {id}");
