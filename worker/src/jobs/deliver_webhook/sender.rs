@@ -1,105 +1,23 @@
-//! `deliver_webhook`: POSTs one event to one endpoint, signed the Standard Webhooks way.
-//!
-//! - Headers: `webhook-id` (the event id, the same on every retry, so receivers can
-//!   deduplicate), `webhook-timestamp` (Unix seconds), `webhook-signature`
-//!   (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed with the secret's base64-decoded
-//!   bytes after `whsec_`).
-//! - 2xx is success; 410 Gone disables the endpoint; anything else, and timeouts, retry on
-//!   the `deliver_webhook` schedule, no sooner than a `Retry-After` asks (within the cap).
-//! - Safety: connect and total timeouts, a cap on how much of the response is read, no
-//!   redirects, and destinations that resolve to private, loopback or link-local addresses
-//!   are refused unless allowed; the connection goes to the address that was checked.
-//! - One slow endpoint cannot hold every runner slot: each endpoint has a concurrency limit,
-//!   and a job that finds its endpoint busy is deferred without spending an attempt.
+//! Sends one delivery: the endpoint's checks, its concurrency limit, the signed request and
+//! what its answer means for the job.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use reviews_db::webhooks::{disable_webhook, record_delivery, signing_endpoint, NewDelivery};
 use reviews_db::Db;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use sha2::Sha256;
+use serde_json::json;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{Job, JobError, JobKind};
+use super::{is_global_unicast, sign, Payload};
 use crate::config::WebhookSettings;
-use crate::retry::RetryPolicy;
+use crate::jobs::{Job, JobError};
 
 /// Most bytes of a response body read (the rest is dropped unread).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// One event for one endpoint.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Payload {
-    pub webhook_id: Uuid,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub occurred_at: Value,
-    /// The outbox row's `{"old": …, "new": …}`.
-    pub data: Value,
-    pub actor_id: Option<String>,
-    pub request_id: Option<String>,
-}
-
-/// The kind: one delivery per job, through the worker's [`Sender`].
-pub struct DeliverWebhook {
-    sender: Sender,
-}
-
-impl DeliverWebhook {
-    pub fn new(settings: WebhookSettings) -> Self {
-        DeliverWebhook {
-            sender: Sender::new(settings),
-        }
-    }
-}
-
-impl JobKind for DeliverWebhook {
-    const NAME: &'static str = "deliver_webhook";
-    type Payload = Payload;
-    /// Remote systems get a longer, gentler schedule: 12 attempts from 5 s doubling to 1 h.
-    const DEFAULT_POLICY: RetryPolicy = RetryPolicy {
-        max_attempts: 12,
-        base_delay_ms: 5_000,
-        multiplier: 2.0,
-        max_delay_ms: 3_600_000,
-        jitter: 0.3,
-    };
-    const IN_BATCHES: bool = false;
-    // One job per event and endpoint that wants its type, is neither paused nor disabled,
-    // and was registered before the event occurred; none for a replay without --webhooks.
-    const FROM_EVENTS: &'static str = "
-        select c.event_id, null::text,
-               jsonb_build_object(
-                   'webhook_id', w.id,
-                   'event_id', c.event_id,
-                   'event_type', c.event_type,
-                   'occurred_at', c.occurred_at,
-                   'data', c.payload,
-                   'actor_id', c.actor_id,
-                   'request_id', c.request_id),
-               now()
-        from claimed c
-        join webhooks w on c.event_type = any (w.event_types)
-        where c.webhooks and not w.paused and w.disabled_at is null
-          and w.created_at <= c.occurred_at";
-
-    /// Delivers each job's event (the runner passes one job per call).
-    async fn run(&self, db: Db, jobs: Vec<Job<Payload>>) -> Vec<Result<(), JobError>> {
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            results.push(self.sender.deliver(&db, job).await);
-        }
-        results
-    }
-}
 
 /// Why a delivery was not made, or not answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -119,69 +37,6 @@ pub enum DeliveryError {
 pub struct Sender {
     settings: WebhookSettings,
     busy: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
-}
-
-/// The Standard Webhooks signature of a body: `v1,<base64 HMAC-SHA256("id.ts.body")>`.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
-    let key = STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .map_err(|_| "the endpoint's secret is not base64".to_owned())?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
-}
-
-/// Networks a webhook never reaches unless `WEBHOOK_ALLOW_PRIVATE_NETWORKS`: everything but
-/// global unicast. IPv4: "this" network, private, shared (carrier-grade NAT), loopback, link
-/// local, IETF protocol assignments, documentation, benchmarking, the 6to4 relay, multicast
-/// and reserved (broadcast included). IPv6 outside 2000::/3 (so loopback, unspecified,
-/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, unique local, link local, site local
-/// and multicast), and inside it the ranges that tunnel to IPv4 (6to4 2002::/16, Teredo
-/// 2001::/32), ORCHID and documentation. An IPv4-mapped address is judged as IPv4.
-static NOT_GLOBAL: std::sync::LazyLock<Vec<ipnet::IpNet>> = std::sync::LazyLock::new(|| {
-    [
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.0.0.0/24",
-        "192.0.2.0/24",
-        "192.88.99.0/24",
-        "192.168.0.0/16",
-        "198.18.0.0/15",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "2001::/32",
-        "2001:10::/28",
-        "2001:20::/28",
-        "2001:db8::/32",
-        "2002::/16",
-        "3fff::/20",
-    ]
-    .iter()
-    .map(|net| net.parse().expect("a valid network"))
-    .collect()
-});
-
-/// Whether a webhook may reach `ip` by default: a global unicast address only.
-pub fn is_global_unicast(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None if (v6.segments()[0] & 0xe000) != 0x2000 => return false,
-            None => ip,
-        },
-        v4 => v4,
-    };
-    !NOT_GLOBAL.iter().any(|net| net.contains(&ip))
 }
 
 impl Sender {
@@ -393,58 +248,4 @@ impl Sender {
 struct Response {
     status: u16,
     retry_after: Option<Duration>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_global_unicast_addresses_are_reachable_by_default() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "192.0.0.8",
-            "198.18.0.1",
-            "198.19.255.255",
-            "240.0.0.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00::1",
-            "fec0::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::127.0.0.1",
-            "64:ff9b::7f00:1",
-            "2002:7f00:1::1",
-            "2001:0:4136:e378::1",
-            "2001:db8::1",
-        ] {
-            assert!(!is_global_unicast(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"] {
-            assert!(is_global_unicast(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn the_signature_matches_the_standard_webhooks_example() {
-        // The example from the Standard Webhooks specification.
-        let signature = sign(
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        )
-        .unwrap();
-        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-    }
 }
