@@ -1,6 +1,13 @@
 -- The schema db/migrations build, for reading at a glance (the migrations are the
 -- history). Written by scripts/dump-schema; a test fails when it differs from them.
 
+CREATE FUNCTION public.applied_schema_version() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select max(version) from schema_migrations
+$$;
+
 CREATE FUNCTION public.apply_rating_jobs(p_ids bigint[], p_attempts integer[], p_payloads jsonb[], p_commit text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'

@@ -141,6 +141,7 @@ pub async fn serve(
         edges: Arc::new(edges.clone()),
         app_env: settings.app_env,
         documents: Arc::default(),
+        schema_current: Arc::default(),
     };
     let service = warp::service(http::routes(state));
     let (addr, serving) = http::server::serve(api_addr, service, &edges, shutdown)

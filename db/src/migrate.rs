@@ -12,7 +12,10 @@ static MIGRATIONS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 /// The ledger's DDL, shared with scripts/migrate.
 const LEDGER_SQL: &str = include_str!("../ledger.sql");
 
+use tokio_postgres::error::SqlState;
+
 use crate::locks;
+use crate::sql::{AsClient, Sql, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -67,6 +70,62 @@ pub fn migrations() -> Vec<Migration> {
         .collect();
     files.sort_by(|a, b| a.version.cmp(&b.version));
     files
+}
+
+/// The newest migration this binary embeds, e.g. "0024".
+pub fn newest_migration() -> &'static str {
+    static NEWEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        migrations()
+            .last()
+            .map(|migration| migration.version.clone())
+            .unwrap_or_default()
+    });
+    &NEWEST
+}
+
+/// Where a database's schema stands against the migrations this binary embeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    /// Every migration this binary embeds is applied (and maybe newer ones: a newer version
+    /// migrated, and this one runs beside it during a rolling deploy).
+    Current,
+    /// Some are not applied yet: the newest applied is `applied` (`None`: one from before
+    /// db/migrations/0024, which cannot say), this binary's newest is `needed`.
+    Behind {
+        applied: Option<String>,
+        needed: &'static str,
+    },
+}
+
+impl std::fmt::Display for SchemaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaState::Current => write!(f, "the schema has every migration of this build"),
+            SchemaState::Behind { applied, needed } => write!(
+                f,
+                "the schema is at migration {}, this build needs {needed}: run `reviews-api \
+                 migrate` or scripts/migrate (docs/DEPLOYING.md)",
+                applied.as_deref().unwrap_or("older than 0024")
+            ),
+        }
+    }
+}
+
+/// Where the schema of `db`'s database stands (db/migrations/0024's
+/// `applied_schema_version`, which every role may call).
+pub async fn schema_state<C: AsClient>(db: &Sql<C>) -> Result<SchemaState, StoreError> {
+    let needed = newest_migration();
+    let applied: Option<String> = match db.query_one("select applied_schema_version()", &[]).await {
+        Ok(row) => row.get(0),
+        Err(StoreError::Postgres(error)) if error.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(match applied {
+        Some(applied) if applied.as_str() >= needed => SchemaState::Current,
+        applied => SchemaState::Behind { applied, needed },
+    })
 }
 
 /// What a run did.

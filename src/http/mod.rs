@@ -12,8 +12,11 @@
 //! - `state`: what every request handler shares (`AppState`).
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use reviews_db::migrate::SchemaState;
 
 use serde_json::json;
 use warp::http::StatusCode;
@@ -147,9 +150,40 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
+/// Ready when Postgres answers and has every migration this build embeds (new binaries
+/// started before `migrate` ran are not ready: docs/DEPLOYING.md).
 async fn readiness(state: AppState) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => warp::reply::json(&json!({"status": "ready"})).into_response(),
+    let checked = async {
+        if state.schema_current.load(Ordering::Relaxed) {
+            return state.db.ping().await.map(|()| SchemaState::Current);
+        }
+        let schema = reviews_db::migrate::schema_state(&state.db.conn().await?).await?;
+        if schema == SchemaState::Current {
+            state.schema_current.store(true, Ordering::Relaxed);
+        }
+        Ok(schema)
+    };
+    match tokio::time::timeout(READY_TIMEOUT, checked).await {
+        Ok(Ok(SchemaState::Current)) => {
+            warp::reply::json(&json!({"status": "ready"})).into_response()
+        }
+        Ok(Ok(SchemaState::Behind { applied, needed })) => {
+            tracing::warn!(
+                applied = applied.as_deref().unwrap_or("older than 0024"),
+                needed,
+                "not ready: the database lacks migrations of this build (run migrate)"
+            );
+            warp::reply::with_status(
+                warp::reply::json(&json!({
+                    "status": "unavailable",
+                    "schema": "behind",
+                    "applied": applied,
+                    "needed": needed,
+                })),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response()
+        }
         outcome => {
             let reason = match outcome {
                 Ok(Err(error)) => error.to_string(),

@@ -1,5 +1,6 @@
 //! What every request handler shares: the schema, the database, token keys and limits.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use reviews_db::Db;
@@ -20,4 +21,7 @@ pub struct AppState {
     pub app_env: AppEnv,
     pub documents: Arc<DocumentCache>,
     pub sockets: Arc<Sockets>,
+    /// Set once /readyz has found every migration of this build applied (migrations only
+    /// ever add): from then on it only pings.
+    pub schema_current: Arc<AtomicBool>,
 }

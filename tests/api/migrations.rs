@@ -4,8 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use reviews_db::migrate::{migrations, run_migrations, MigrateError};
+use reviews_db::migrate::{
+    migrations, newest_migration, run_migrations, schema_state, MigrateError, SchemaState,
+};
 use reviews_db::testing::TestDatabase;
+use serde_json::Value;
+
+use crate::support::TestApp;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -175,4 +180,67 @@ async fn two_migrators_started_at_once_do_not_collide() {
         stdout(&binary.join().unwrap());
         assert_eq!(ledger(&database).await, expected_ledger());
     }
+}
+
+/// The migration files, all but the newest, copied to a directory of their own.
+fn all_but_the_newest() -> PathBuf {
+    let copy = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&copy).unwrap();
+    let newest = migrations().pop().unwrap().name;
+    for entry in std::fs::read_dir(repo().join("db/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != newest.as_str() {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    copy
+}
+
+#[tokio::test]
+async fn a_schema_without_the_newest_migration_is_behind_and_readyz_says_so_until_it_is_applied() {
+    let database = TestDatabase::create_empty().await;
+    let older = all_but_the_newest();
+    stdout(&psql_migrate(&database, Some(&older)));
+    std::fs::remove_dir_all(&older).unwrap();
+    let db = database.db();
+    let state = || async { schema_state(&db.conn().await.unwrap()).await.unwrap() };
+    let behind = state().await;
+    let SchemaState::Behind { applied, needed } = &behind else {
+        panic!("a migration short, yet {behind:?}");
+    };
+    assert_eq!(*needed, newest_migration());
+    assert_ne!(applied.as_deref(), Some(newest_migration()));
+    assert!(
+        behind.to_string().contains("run `reviews-api migrate`"),
+        "{behind}"
+    );
+
+    let url = database.url();
+    let app = TestApp::spawn_on(database, db.clone()).await;
+    let ready = || async {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["schema"], "behind", "{body}");
+    assert_eq!(body["needed"], newest_migration(), "{body}");
+
+    let mut command = Command::new(repo().join("scripts/migrate"));
+    stdout(&command.env("DATABASE_URL", &url).output().unwrap());
+    assert_eq!(state().await, SchemaState::Current);
+    assert_eq!(ready().await.0, 200);
+
+    // Migrations newer than this build's (a newer version migrated): it runs beside them.
+    app.database
+        .client()
+        .await
+        .batch_execute(
+            "insert into schema_migrations (version, name, checksum, applied_by)
+             values ('9999', '9999_from_a_newer_build.sql', '', 'test')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(state().await, SchemaState::Current);
 }

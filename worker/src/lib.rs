@@ -48,8 +48,10 @@ pub mod stats;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use reviews_db::migrate::{schema_state, SchemaState};
 use reviews_db::retry_policies::insert_missing_retry_policies;
 use reviews_db::statements::PlanCache;
 use reviews_db::{Bookkeeping, Db};
@@ -167,13 +169,6 @@ pub async fn start(
     let task = tokio::spawn({
         let token = token.clone();
         async move {
-            let tasks = [
-                tokio::spawn(listener.run(token.clone())),
-                tokio::spawn(relay.run(token.clone())),
-                tokio::spawn(reconciling),
-                tokio::spawn(reloading),
-                tokio::spawn(runner.run(token.clone())),
-            ];
             tokio::spawn({
                 let token = token.clone();
                 async move {
@@ -181,6 +176,16 @@ pub async fn start(
                     token.cancel();
                 }
             });
+            if !wait_for_migrations(&db, &token).await {
+                return;
+            }
+            let tasks = [
+                tokio::spawn(listener.run(token.clone())),
+                tokio::spawn(relay.run(token.clone())),
+                tokio::spawn(reconciling),
+                tokio::spawn(reloading),
+                tokio::spawn(runner.run(token.clone())),
+            ];
             for task in tasks {
                 if let Err(error) = task.await {
                     tracing::error!(error = %error, "a worker task failed");
@@ -196,6 +201,50 @@ pub async fn start(
         policies,
         task,
     })
+}
+
+/// How often a worker waiting for migrations asks again, and how often it says so.
+const MIGRATIONS_ASKED_EVERY: Duration = Duration::from_secs(1);
+const MIGRATIONS_SAID_EVERY: Duration = Duration::from_secs(30);
+
+/// Waits, saying so, while the database lacks migrations this build embeds (new binaries
+/// started before `migrate` ran: docs/DEPLOYING.md), so that nothing is relayed or run by
+/// statements the schema cannot answer yet. If Postgres cannot be asked it does not wait: the
+/// tasks retry their own connections, as they always do. False when shut down meanwhile.
+async fn wait_for_migrations(db: &Db, shutdown: &CancellationToken) -> bool {
+    let mut said_at: Option<Instant> = None;
+    loop {
+        let asked = async { anyhow::Ok(schema_state(&db.conn().await?).await?) };
+        let asked = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            asked = asked => asked,
+        };
+        match asked {
+            Ok(SchemaState::Current) => {
+                if said_at.is_some() {
+                    tracing::info!("the migrations are applied; starting");
+                }
+                return true;
+            }
+            Ok(behind) => {
+                if said_at.is_none_or(|at| at.elapsed() >= MIGRATIONS_SAID_EVERY) {
+                    tracing::error!(%behind, "waiting for migrations: relaying and running nothing");
+                    said_at = Some(Instant::now());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not ask Postgres which migrations are applied; starting"
+                );
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(MIGRATIONS_ASKED_EVERY) => {}
+        }
+    }
 }
 
 /// Adds the default retry policy of every kind the registry relays that has no row yet.

@@ -2,6 +2,7 @@
 //! advisory-lock keys the SQL names are the ones reviews_db::locks names.
 
 use std::process::Command;
+use std::time::Duration;
 
 use reviews_db::locks;
 use reviews_db::testing::url_of;
@@ -128,4 +129,48 @@ async fn event_and_notification_ids_are_time_ordered() {
             last_ms = id_ms;
         }
     }
+}
+
+#[tokio::test]
+async fn a_worker_started_before_the_newest_migration_relays_nothing_until_it_is_applied() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    // As if `migrate` had not run the newest migration yet: the ledger a file short.
+    let newest = reviews_db::migrate::newest_migration();
+    let ledger_row: (String, String) = {
+        let row = p
+            .client()
+            .await
+            .query_one(
+                "delete from schema_migrations where version = $1 returning name, checksum",
+                &[&newest],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let worker = p.start_worker().await;
+    p.add_reviews(product, authors("early", 2)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.count("select count(*) from outbox_pending").await,
+        2,
+        "relayed on a schema a migration short"
+    );
+    assert_eq!(p.count("select count(*) from jobs").await, 0);
+
+    // `migrate` runs: the worker starts within about a second and does the waiting work.
+    p.client()
+        .await
+        .execute(
+            "insert into schema_migrations (version, name, checksum, applied_by)
+             values ($1, $2, $3, 'test')",
+            &[&newest, &ledger_row.0, &ledger_row.1],
+        )
+        .await
+        .unwrap();
+    p.wait_until_idle(Duration::from_secs(10)).await;
+    assert_eq!(p.count("select count(*) from outbox_pending").await, 0);
+    p.assert_ratings_match_reviews().await;
+    worker.stop().await;
 }
