@@ -12,6 +12,7 @@ CREATE FUNCTION public.apply_rating_jobs(p_ids bigint[], p_attempts integer[], p
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
     AS $$
 declare
     v_product uuid;

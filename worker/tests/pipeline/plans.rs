@@ -520,3 +520,60 @@ async fn conn_query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
 async fn backend_pid(conn: &reviews_db::Sql<impl AsClient>) -> i32 {
     conn_query_one(conn, "select pg_backend_pid()").await
 }
+
+#[tokio::test]
+async fn a_rating_batch_planned_while_products_was_tiny_still_finds_products_by_key() {
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    let mut client = p.client().await;
+    let apply_one = |product: uuid::Uuid| {
+        format!(
+            "with job as (insert into jobs (kind, attempts) values ('recompute_rating', 1)
+                          returning id)
+             select apply_rating_jobs(array[(select id from job)], array[1],
+                 array['{{\"products\": [{{\"product_id\": \"{product}\",
+                                          \"stars\": [0, 0, 1, 0, 0]}}]}}'::jsonb], null)"
+        )
+    };
+    // The worker's sessions plan with plan_cache_mode = force_generic_plan (and the function
+    // sets it too), so the connection keeps a generic plan of each of the function's
+    // statements, made for the tables' sizes at the first call: here, one product.
+    // Analyzed while it holds one product, as autovacuum leaves a new database's table.
+    client
+        .batch_execute("analyze products; set plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    client.batch_execute(&apply_one(product)).await.unwrap();
+    client
+        .batch_execute(
+            "insert into products (id, name, owner_id)
+             select gen_random_uuid(), 'p' || i, 'owner' from generate_series(1, 20000) i",
+        )
+        .await
+        .unwrap();
+    // A product at the end of the table: a sequential scan that looks for it reads it all.
+    let last = p.create_product("owner").await;
+    // The counts of this connection's transactions not yet sent to the statistics, this
+    // one's included: compared before and after the batch.
+    let transaction = client.transaction().await.unwrap();
+    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
+                 where relname = 'products'";
+    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
+    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    transaction.batch_execute(&apply_one(last)).await.unwrap();
+    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    assert_eq!(
+        after, before,
+        "the rating batch read the products table whole (sequential scans, rows read)"
+    );
+    transaction.commit().await.unwrap();
+    assert_eq!(
+        p.count(&format!(
+            "select sum(review_count)::int8 from product_ratings
+             where product_id in ('{product}', '{last}')"
+        ))
+        .await,
+        2,
+        "both batches applied their delta"
+    );
+}
