@@ -2,8 +2,8 @@
 -- product, not committed yet) found no twin to merge into, then waited on the coalescing
 -- index for that insert and failed with a duplicate key (23505) once it committed: the
 -- operator saw an error and had to replay again. Like hand_back_job (0017), it now merges
--- into the twin once the twin has committed, in a subtransaction that only the replay of a
--- coalesced job meeting such an insert pays for.
+-- into the twin once the twin has committed. The update runs in a subtransaction (a replay
+-- that finds no twin at first pays for one; replays are an operator's, one at a time).
 create or replace function replay_dead_job(p_dead_job_id bigint) returns boolean
 language plpgsql security definer
 set search_path = public, pg_temp

@@ -4,7 +4,8 @@
 -- first call: made while `products` was a page (a new database), the plan joins the batch's
 -- products by reading the table whole, and the connection keeps it as the table grows until
 -- the table is next analyzed (a minute behind a bulk import of products with autovacuum on,
--- never with it off): every rating batch read every product. Nothing in the function (nor
--- in recompute_product_rating, which it calls) is better read whole, so sequential scans are
--- off inside it (Postgres still uses one if no other way exists).
+-- never with it off): every rating batch read every product. Nothing the function reads is
+-- better read whole, so sequential scans are off inside it (Postgres still uses one if no
+-- other way exists). recompute_product_rating, which it calls for replayed events, then
+-- reads outbox_pending through its primary key instead of whole: the same rows.
 alter function apply_rating_jobs(bigint[], integer[], jsonb[], text) set enable_seqscan = off;

@@ -182,15 +182,13 @@ async fn two_migrators_started_at_once_do_not_collide() {
     }
 }
 
-/// The migration files, all but the newest, copied to a directory of their own.
-fn all_but_the_newest() -> PathBuf {
+/// The migration files numbered before `version`, copied to a directory of their own.
+fn migrations_before(version: &str) -> PathBuf {
     let copy = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&copy).unwrap();
-    let newest = migrations().pop().unwrap().name;
-    for entry in std::fs::read_dir(repo().join("db/migrations")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap() != newest.as_str() {
-            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    for migration in migrations() {
+        if migration.version.as_str() < version {
+            std::fs::write(copy.join(&migration.name), migration.sql).unwrap();
         }
     }
     copy
@@ -199,17 +197,20 @@ fn all_but_the_newest() -> PathBuf {
 #[tokio::test]
 async fn a_schema_without_the_newest_migration_is_behind_and_readyz_says_so_until_it_is_applied() {
     let database = TestDatabase::create_empty().await;
-    let older = all_but_the_newest();
+    // Migrated before 0024: it cannot say which migration it is at.
+    let older = migrations_before("0024");
     stdout(&psql_migrate(&database, Some(&older)));
     std::fs::remove_dir_all(&older).unwrap();
     let db = database.db();
     let state = || async { schema_state(&db.conn().await.unwrap()).await.unwrap() };
     let behind = state().await;
-    let SchemaState::Behind { applied, needed } = &behind else {
-        panic!("a migration short, yet {behind:?}");
-    };
-    assert_eq!(*needed, newest_migration());
-    assert_ne!(applied.as_deref(), Some(newest_migration()));
+    assert_eq!(
+        behind,
+        SchemaState::Behind {
+            applied: None,
+            needed: newest_migration()
+        }
+    );
     assert!(
         behind.to_string().contains("run `reviews-api migrate`"),
         "{behind}"
@@ -225,7 +226,24 @@ async fn a_schema_without_the_newest_migration_is_behind_and_readyz_says_so_unti
     let (status, body) = ready().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["schema"], "behind", "{body}");
+    assert_eq!(body["applied"], Value::Null, "{body}");
     assert_eq!(body["needed"], newest_migration(), "{body}");
+
+    // All but the newest: it says where it is.
+    let all_but_newest = migrations_before(newest_migration());
+    let mut command = Command::new(repo().join("scripts/migrate"));
+    command
+        .env("DATABASE_URL", &url)
+        .env("MIGRATIONS_DIR", &all_but_newest);
+    stdout(&command.output().unwrap());
+    std::fs::remove_dir_all(&all_but_newest).unwrap();
+    let SchemaState::Behind { applied, .. } = state().await else {
+        panic!("a migration short, yet current");
+    };
+    let applied = applied.expect("a schema from 0024 on says where it is");
+    assert!(applied.as_str() < newest_migration(), "{applied}");
+    let (status, body) = ready().await;
+    assert_eq!((status, &body["applied"]), (503, &Value::from(applied)));
 
     let mut command = Command::new(repo().join("scripts/migrate"));
     stdout(&command.env("DATABASE_URL", &url).output().unwrap());

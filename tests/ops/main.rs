@@ -803,8 +803,22 @@ async fn each_process_role_may_do_what_its_process_does_and_nothing_more() {
             .unwrap()
             .get(0);
         assert_eq!(timeout, "3s");
+        // The start-up check (db/migrations/0024), which neither role could make by reading
+        // schema_migrations.
+        assert_eq!(
+            reviews_db::migrate::schema_state(&api_sql).await.unwrap(),
+            reviews_db::migrate::SchemaState::Current,
+            "the API's role asks which migrations are applied"
+        );
 
         let worker_sql = as_role(&ops.database, &worker).await;
+        assert_eq!(
+            reviews_db::migrate::schema_state(&worker_sql)
+                .await
+                .unwrap(),
+            reviews_db::migrate::SchemaState::Current,
+            "the worker's role asks which migrations are applied"
+        );
         let statements = reviews_worker::relay::statements_for(
             &reviews_worker::jobs::JobRegistry::standard(),
             100,

@@ -102,15 +102,12 @@ pub async fn start(
         JobQueue::new(args.redis.target()?, &args.redis.redis_prefix)
             .context("while reading REDIS_URL / REDIS_CLUSTER_NODES / REDIS_*")?,
     );
-    if let Err(error) = give_new_kinds_their_policies(&db, &registry).await {
-        // A kind without a row retries on the fallback schedule meanwhile.
-        tracing::warn!(error = %error, "could not add the default retry policies of new job kinds");
-    }
+    let default_policies: Vec<_> = registry
+        .relayed_kinds()
+        .iter()
+        .map(|kind| kind.default_policy.row(kind.name))
+        .collect();
     let policies = RetryPolicies::default();
-    if let Err(error) = policies.reload(&db).await {
-        // The listener rings the policies bell when it connects, so they load later.
-        tracing::warn!(error = %error, "could not load retry policies yet; using the fallback");
-    }
     if let Err(error) = queue.ensure_group().await {
         tracing::warn!(error = %error, "Redis not reachable yet; will keep trying");
     }
@@ -168,6 +165,7 @@ pub async fn start(
             .reload_when_rung(db.clone(), bells.retry_policies.clone(), token.clone());
     let task = tokio::spawn({
         let token = token.clone();
+        let policies_to_load = policies.clone();
         async move {
             tokio::spawn({
                 let token = token.clone();
@@ -179,6 +177,17 @@ pub async fn start(
             if !wait_for_migrations(&db, &token).await {
                 return;
             }
+            if let Err(error) = give_new_kinds_their_policies(&db, &default_policies).await {
+                // A kind without a row retries on the fallback schedule meanwhile.
+                tracing::warn!(error = %error,
+                    "could not add the default retry policies of new job kinds");
+            }
+            if let Err(error) = policies_to_load.reload(&db).await {
+                // The listener rings the policies bell when it connects, so they load later.
+                tracing::warn!(error = %error,
+                    "could not load retry policies yet; using the fallback");
+            }
+            tracing::info!("worker started");
             let tasks = [
                 tokio::spawn(listener.run(token.clone())),
                 tokio::spawn(relay.run(token.clone())),
@@ -193,7 +202,6 @@ pub async fn start(
             }
         }
     });
-    tracing::info!("worker started");
     Ok(Worker {
         stats,
         listener_reconnects,
@@ -208,11 +216,19 @@ const MIGRATIONS_ASKED_EVERY: Duration = Duration::from_secs(1);
 const MIGRATIONS_SAID_EVERY: Duration = Duration::from_secs(30);
 
 /// Waits, saying so, while the database lacks migrations this build embeds (new binaries
-/// started before `migrate` ran: docs/DEPLOYING.md), so that nothing is relayed or run by
-/// statements the schema cannot answer yet. If Postgres cannot be asked it does not wait: the
-/// tasks retry their own connections, as they always do. False when shut down meanwhile.
+/// started before `migrate` ran: docs/DEPLOYING.md), or cannot be asked (Postgres
+/// unreachable: nothing the worker does could go on without it), so that nothing is relayed
+/// or run by statements the schema cannot answer yet. False when shut down meanwhile.
 async fn wait_for_migrations(db: &Db, shutdown: &CancellationToken) -> bool {
     let mut said_at: Option<Instant> = None;
+    // Whether to say it now: at first, then every MIGRATIONS_SAID_EVERY.
+    let say = |said_at: &mut Option<Instant>| {
+        let due = said_at.is_none_or(|at| at.elapsed() >= MIGRATIONS_SAID_EVERY);
+        if due {
+            *said_at = Some(Instant::now());
+        }
+        due
+    };
     loop {
         let asked = async { anyhow::Ok(schema_state(&db.conn().await?).await?) };
         let asked = tokio::select! {
@@ -227,17 +243,17 @@ async fn wait_for_migrations(db: &Db, shutdown: &CancellationToken) -> bool {
                 return true;
             }
             Ok(behind) => {
-                if said_at.is_none_or(|at| at.elapsed() >= MIGRATIONS_SAID_EVERY) {
-                    tracing::error!(%behind, "waiting for migrations: relaying and running nothing");
-                    said_at = Some(Instant::now());
+                if say(&mut said_at) {
+                    tracing::warn!(%behind, "waiting for migrations: relaying and running nothing");
                 }
             }
             Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "could not ask Postgres which migrations are applied; starting"
-                );
-                return true;
+                if say(&mut said_at) {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "waiting to ask Postgres which migrations are applied"
+                    );
+                }
             }
         }
         tokio::select! {
@@ -247,15 +263,14 @@ async fn wait_for_migrations(db: &Db, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Adds the default retry policy of every kind the registry relays that has no row yet.
-async fn give_new_kinds_their_policies(db: &Db, registry: &JobRegistry) -> anyhow::Result<()> {
-    let defaults: Vec<_> = registry
-        .relayed_kinds()
-        .iter()
-        .map(|kind| kind.default_policy.row(kind.name))
-        .collect();
+/// Adds the default retry policy of every kind the registry relays that has no row yet
+/// (`defaults`, one per kind).
+async fn give_new_kinds_their_policies(
+    db: &Db,
+    defaults: &[reviews_db::retry_policies::RetryPolicyRow],
+) -> anyhow::Result<()> {
     let conn = db.conn().await?;
-    let added = insert_missing_retry_policies(&conn, &defaults).await?;
+    let added = insert_missing_retry_policies(&conn, defaults).await?;
     if added > 0 {
         tracing::info!(
             kinds = added,

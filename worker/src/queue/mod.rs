@@ -55,7 +55,7 @@ pub enum Handed {
     /// already (queued by a reconciler meanwhile): the queue runs those.
     Delivered(Vec<Delivery>),
     /// Not added: the group has entries it has not delivered yet, and a read returns those
-    /// first.
+    /// first; or the stream is gone (Redis lost its data), and the group with it.
     Refused,
 }
 

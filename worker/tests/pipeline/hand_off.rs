@@ -214,7 +214,7 @@ async fn a_started_job_a_reconciler_queued_before_its_hand_off_is_not_handed_ove
 }
 
 #[tokio::test]
-async fn a_hand_off_is_refused_while_the_group_has_an_unread_entry_and_adds_nothing() {
+async fn a_hand_off_is_refused_while_the_group_has_an_unread_entry_and_hands_over_nothing() {
     let p = TestPipeline::new().await;
     let queue = p.queue();
     queue.ensure_group().await.unwrap();

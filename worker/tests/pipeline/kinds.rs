@@ -2,6 +2,7 @@
 //! the README, and a payload its handler reads whole.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use reviews_worker::jobs::JobRegistry;
 use serde_json::Value;
@@ -72,7 +73,18 @@ async fn every_kind_the_relay_makes_has_a_handler_a_retry_policy_and_a_readme_li
          update retry_policies set max_attempts = 3 where kind = 'notify_owner'",
     )
     .await;
+    // It does so once it has checked the migrations, before it relays or runs anything.
     let worker = p.start_worker().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.count("select count(*) from retry_policies").await
+        < registry.relayed_kinds().len() as i64
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker gave no default policies"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     worker.stop().await;
     for kind in registry.relayed_kinds() {
         let row: Vec<i32> = p
