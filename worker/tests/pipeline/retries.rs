@@ -341,6 +341,40 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
     );
 }
 
+/// Runs `call` while a relay's insert of a twin (product-1's rating job) is held open,
+/// commits the insert once `call` waits for it on a lock, and returns what `call` returned
+/// (`what` names the call in failures).
+async fn beside_a_twin_being_inserted<T: Send + 'static>(
+    p: &TestPipeline,
+    what: &str,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let relay = p.client().await;
+    relay
+        .batch_execute(
+            "begin;
+             insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1')",
+        )
+        .await
+        .unwrap();
+    let call = tokio::spawn(call);
+    let waiting = "select count(*) from pg_stat_activity
+                   where datname = current_database() and wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.count(waiting).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline && !call.is_finished(),
+            "{what} should wait for the insert"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.batch_execute("commit").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} ends once the insert commits"))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_replay_that_meets_a_twin_being_inserted_merges_into_it_once_it_commits() {
     let p = TestPipeline::new().await;
@@ -359,35 +393,12 @@ async fn a_replay_that_meets_a_twin_being_inserted_merges_into_it_once_it_commit
 
     // A relay's insert of a twin, not committed yet: the replay cannot see it, and making
     // the job pending again waits for it on the coalescing index.
-    let relay = p.client().await;
-    relay
-        .batch_execute(
-            "begin;
-             insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1')",
-        )
-        .await
-        .unwrap();
     let db = p.db.clone();
-    let replay = tokio::spawn(async move {
+    let replayed = beside_a_twin_being_inserted(&p, "the replay", async move {
         let conn = db.conn().await.unwrap();
         reviews_db::jobs::replay_dead_job(&conn, letter).await
-    });
-    let waiting = "select count(*) from pg_stat_activity
-                   where datname = current_database() and wait_event_type = 'Lock'";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while p.count(waiting).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline && !replay.is_finished(),
-            "the replay should wait for the insert"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    relay.batch_execute("commit").await.unwrap();
-
-    let replayed = tokio::time::timeout(Duration::from_secs(5), replay)
-        .await
-        .expect("the replay ends once the insert commits")
-        .unwrap();
+    })
+    .await;
     assert!(replayed.expect("no duplicate-key failure"));
     assert_eq!(p.column::<String>(&state(dead)).await, ["done 10"]);
     let twins: Vec<String> = p
@@ -417,39 +428,16 @@ async fn a_hand_back_that_meets_a_twin_being_inserted_merges_into_it_once_it_com
 
     // A relay's insert of a twin, not committed yet: the hand-back cannot see it, and giving
     // the attempt back waits for it on the coalescing index.
-    let relay = p.client().await;
-    relay
-        .batch_execute(
-            "begin;
-             insert into jobs (kind, coalesce_key) values ('recompute_rating', 'product-1')",
-        )
-        .await
-        .unwrap();
     let db = p.db.clone();
-    let hand_back = tokio::spawn(async move {
+    let handed_back = beside_a_twin_being_inserted(&p, "the hand-back", async move {
         let conn = db.conn().await.unwrap();
         let attempt = reviews_db::jobs::Attempt {
             job_id: started,
             attempt: 1,
         };
         reviews_db::jobs::hand_back_job(&conn, attempt).await
-    });
-    let waiting = "select count(*) from pg_stat_activity
-                   where datname = current_database() and wait_event_type = 'Lock'";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while p.count(waiting).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline && !hand_back.is_finished(),
-            "the hand-back should wait for the insert"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    relay.batch_execute("commit").await.unwrap();
-
-    let handed_back = tokio::time::timeout(Duration::from_secs(5), hand_back)
-        .await
-        .expect("the hand-back ends once the insert commits")
-        .unwrap();
+    })
+    .await;
     assert!(handed_back.expect("no duplicate-key failure"));
     assert_eq!(p.column::<String>(&state(started)).await, ["done 1"]);
     let twins: Vec<String> = p
