@@ -291,6 +291,18 @@ async fn started_job_and_waiting_twin(p: &TestPipeline) -> (i64, i64) {
     (started, twin)
 }
 
+/// Makes job `dead` dead after 10 attempts, with its dead letter; returns the letter's id.
+async fn dead_letter_of(p: &TestPipeline, dead: i64) -> i64 {
+    p.sql(&format!(
+        "update jobs set status = 'dead', attempts = 10, finished_at = now() where id = {dead};
+         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
+         select id, kind, payload, attempts, created_at from jobs where id = {dead}"
+    ))
+    .await;
+    p.count(&format!("select id from dead_jobs where job_id = {dead}"))
+        .await
+}
+
 #[tokio::test]
 async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_into_the_twin() {
     let p = TestPipeline::new().await;
@@ -320,15 +332,7 @@ async fn a_coalesced_job_handed_back_or_replayed_while_its_twin_waits_merges_int
     // Replayed from its dead letter while a twin waits: merged too, the letter replayed.
     p.sql("delete from jobs").await;
     let (dead, twin) = started_job_and_waiting_twin(&p).await;
-    p.sql(&format!(
-        "update jobs set status = 'dead', attempts = 10, finished_at = now() where id = {dead};
-         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
-         select id, kind, payload, attempts, created_at from jobs where id = {dead}"
-    ))
-    .await;
-    let letter: i64 = p
-        .count(&format!("select id from dead_jobs where job_id = {dead}"))
-        .await;
+    let letter = dead_letter_of(&p, dead).await;
     assert!(reviews_db::jobs::replay_dead_job(&conn, letter)
         .await
         .expect("replaying succeeds"));
@@ -380,16 +384,8 @@ async fn a_replay_that_meets_a_twin_being_inserted_merges_into_it_once_it_commit
     let p = TestPipeline::new().await;
     let state = |id: i64| format!("select status || ' ' || attempts from jobs where id = {id}");
     let (dead, twin) = started_job_and_waiting_twin(&p).await;
-    p.sql(&format!(
-        "delete from jobs where id = {twin};
-         update jobs set status = 'dead', attempts = 10, finished_at = now() where id = {dead};
-         insert into dead_jobs (job_id, kind, payload, attempts, created_at)
-         select id, kind, payload, attempts, created_at from jobs where id = {dead}"
-    ))
-    .await;
-    let letter: i64 = p
-        .count(&format!("select id from dead_jobs where job_id = {dead}"))
-        .await;
+    p.sql(&format!("delete from jobs where id = {twin}")).await;
+    let letter = dead_letter_of(&p, dead).await;
 
     // A relay's insert of a twin, not committed yet: the replay cannot see it, and making
     // the job pending again waits for it on the coalescing index.
