@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reviews_db::migrate::SchemaState;
-
 use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
