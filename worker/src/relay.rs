@@ -29,11 +29,12 @@
 //! Under load it lingers (`RELAY_LINGER`, `RELAY_LINGER_ABOVE`): while the events it relays
 //! come faster than a rate (measured over windows of at least 20 ms; once lingering, until
 //! they come slower than three quarters of it), it waits longer after a round that found
-//! events, so the next batch gathers more. Most of what a batch costs Postgres is per batch,
-//! not per event (the claim, a rating job, a notify job, their completions), so under a
-//! flat-out load larger batches give the writers back much of the worker's CPU. The rate is measured over the linger too, so lingering ends with the load;
-//! below the rate (the 1,000/s latency target's load, say) it never starts
-//! (docs/PERFORMANCE.md, run M).
+//! events, so the next batch gathers more. Much of what a batch costs Postgres is per batch,
+//! not per event (the claim, a rating job, a notify job, their completions: ~1.8 ms a batch
+//! against ~70 µs an event on the development machine, docs/PERFORMANCE.md run P), so under
+//! a flat-out load larger batches give the writers back much of the worker's CPU. The rate
+//! is measured over the linger too, so lingering ends with the load; below the rate (the
+//! 1,000/s latency target's load, say) it never starts (docs/PERFORMANCE.md, run M).
 //!
 //! While it lingers it does not try to sleep: under such a load a writer is nearly always in
 //! flight, so the try (a statement on the listener's connection, each batch) would fail, and
