@@ -5,6 +5,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::jobs::JOB_PLAN_MAX_AGE;
 use crate::page::{Page, PageRequest};
 use crate::sql::{AsClient, Sql, StoreError};
 
@@ -90,6 +91,11 @@ pub enum Notified {
 /// replayed event) is skipped; owners reviewing their own product and products that are gone
 /// get none. If any of `outbox_ids` is not in the outbox the statement writes and completes
 /// nothing, and says which.
+///
+/// Its prepared statement is made again once it is older than [`JOB_PLAN_MAX_AGE`]: the
+/// worker's sessions plan generically, and a plan made while `outbox` and `products` were a
+/// page each (a new database) would read both whole at every call once they have grown,
+/// until the tables are next analyzed (never, with autovacuum off). A plan costs about 1 ms.
 pub async fn notify_product_owners<C: AsClient>(
     db: &Sql<C>,
     events: &[NewNotification<'_>],
@@ -106,7 +112,7 @@ pub async fn notify_product_owners<C: AsClient>(
     outbox_ids.sort_unstable();
     outbox_ids.dedup();
     let row = db
-        .query_typed_one(
+        .query_typed_one_replanned(
             "with from_outbox as materialized (
                  select o.event_id, o.event_type as kind, o.review_id, o.product_id,
                         coalesce(o.payload->'new'->>'author_id',
@@ -155,6 +161,7 @@ pub async fn notify_product_owners<C: AsClient>(
                 (&attempts, Type::INT4_ARRAY),
                 (&db.commit_setting(), Type::TEXT),
             ],
+            JOB_PLAN_MAX_AGE,
         )
         .await?;
     let missing: Vec<i64> = row.get(2);

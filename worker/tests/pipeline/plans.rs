@@ -581,3 +581,75 @@ async fn a_rating_batch_planned_while_products_was_tiny_still_finds_products_by_
         "both batches applied their delta"
     );
 }
+
+#[tokio::test]
+async fn the_notify_statement_is_planned_again_once_its_plan_made_for_tiny_tables_is_old() {
+    use reviews_db::notifications::{notify_product_owners, Notified};
+    let p = TestPipeline::new().await;
+    let product = p.create_product("owner").await;
+    p.add_reviews(product, authors("first", 1)).await;
+    // Analyzed while each holds a row, as autovacuum leaves a new database's tables (and not
+    // again during the test: a new analysis would replace the plan).
+    p.sql(
+        "alter table products set (autovacuum_enabled = false);
+         alter table outbox set (autovacuum_enabled = false);
+         analyze products, outbox",
+    )
+    .await;
+    let first: Vec<i64> = p.column("select id from outbox").await;
+    let conn = worker_pool(&p).conn().await.unwrap();
+    // Prepared (and planned generically) while the tables are a page each.
+    assert_eq!(
+        notify_product_owners(&conn, &[], &first, &[])
+            .await
+            .unwrap(),
+        Notified::Written(1)
+    );
+
+    p.sql(
+        "insert into products (id, name, owner_id)
+         select gen_random_uuid(), 'p' || i, 'owner' from generate_series(1, 20000) i",
+    )
+    .await;
+    let last = p.create_product("owner").await;
+    p.add_reviews(last, authors("backlog", 2000)).await;
+    let plan = |conn| async move {
+        // Found by a fragment of its text, split so that this query's own text (prepared
+        // too) does not match; explained for one event named by its outbox id.
+        let name: String = conn_query_one(
+            conn,
+            "select name from pg_prepared_statements
+             where statement like '%with from_' || 'outbox as materialized%'",
+        )
+        .await;
+        let plan = explain(
+            conn,
+            &format!(
+                "{name}('{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{1}}', '{{}}', '{{}}', null)"
+            ),
+        )
+        .await;
+        (name, plan)
+    };
+    // The kept plan reads both grown tables whole, at every call: the trap.
+    let (kept, stale) = plan(&conn).await;
+    assert!(reads_whole(&stale, "outbox"), "{stale}");
+    assert!(reads_whole(&stale, "products"), "{stale}");
+
+    // Once the plan is older than its age, the next call prepares it again, for the tables'
+    // sizes now (their pages, though not yet analyzed).
+    tokio::time::sleep(reviews_db::jobs::JOB_PLAN_MAX_AGE + Duration::from_millis(100)).await;
+    let newest: Vec<i64> = p
+        .column("select id from outbox order by id desc limit 1")
+        .await;
+    assert_eq!(
+        notify_product_owners(&conn, &[], &newest, &[])
+            .await
+            .unwrap(),
+        Notified::Written(1)
+    );
+    let (again, fresh) = plan(&conn).await;
+    assert_ne!(again, kept, "prepared again");
+    assert!(!reads_whole(&fresh, "outbox"), "{fresh}");
+    assert!(!reads_whole(&fresh, "products"), "{fresh}");
+}
