@@ -5,7 +5,7 @@
 
 use include_dir::{include_dir, Dir};
 use sha2::{Digest, Sha256};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 static MIGRATIONS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 
@@ -176,6 +176,10 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
         };
         let tx = client.transaction().await?;
         tx.batch_execute(migration.sql).await.map_err(failed)?;
+        // Granted in the migration's own transaction: the ledger row opens the new binaries'
+        // gate (db/migrations/0024), and they must find their privileges on the new objects
+        // the moment it does, not after the rest of the run.
+        grant_app_privileges(&tx).await?;
         tx.execute(
             "insert into schema_migrations (version, name, checksum, applied_by)
              values ($1, $2, $3, 'reviews-api')",
@@ -186,14 +190,15 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
         tracing::info!(migration = %migration.name, "applied migration");
         report.applied.push(migration.name);
     }
-    grant_app_privileges(client).await?;
+    // And after the run, for one with nothing pending: the roles may be newer than the schema.
+    grant_app_privileges(&*client).await?;
     Ok(report)
 }
 
 /// Grants the app roles (scripts/db-roles) what their processes do on the schema as it now
 /// is (see db/migrations/0015), so a migration's new table is theirs to use at once, however
 /// they were created before. A schema from before 0015 has nothing to grant yet.
-async fn grant_app_privileges(client: &Client) -> Result<(), MigrateError> {
+async fn grant_app_privileges(client: &impl GenericClient) -> Result<(), MigrateError> {
     let exists: bool = client
         .query_one("select to_regproc('grant_app_privileges') is not null", &[])
         .await?

@@ -17,20 +17,27 @@ fn repo() -> PathBuf {
 }
 
 fn psql_migrate(database: &TestDatabase, migrations_dir: Option<&Path>) -> Output {
-    let mut command = Command::new(repo().join("scripts/migrate"));
-    command.env("DATABASE_URL", database.url());
+    let mut command = psql_migrator(database);
     if let Some(dir) = migrations_dir {
         command.env("MIGRATIONS_DIR", dir);
     }
     command.output().unwrap()
 }
 
+fn psql_migrator(database: &TestDatabase) -> Command {
+    let mut command = Command::new(repo().join("scripts/migrate"));
+    command.env("DATABASE_URL", database.url());
+    command
+}
+
 fn binary_migrate(database: &TestDatabase) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reviews-api"))
-        .arg("migrate")
-        .env("DATABASE_URL", database.url())
-        .output()
-        .unwrap()
+    binary_migrator(database).output().unwrap()
+}
+
+fn binary_migrator(database: &TestDatabase) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reviews-api"));
+    command.arg("migrate").env("DATABASE_URL", database.url());
+    command
 }
 
 fn stdout(output: &Output) -> String {
@@ -261,4 +268,91 @@ async fn a_schema_without_the_newest_migration_is_behind_and_readyz_says_so_unti
         .await
         .unwrap();
     assert_eq!(state().await, SchemaState::Current);
+}
+
+#[tokio::test]
+async fn the_newest_migrations_ledger_row_commits_with_the_app_roles_grants() {
+    // The ledger row opens the new binaries' gate (schema_state): from that moment their
+    // roles must have what they use, so the grants commit in the same transaction. A
+    // transaction holding a grant on `products` open makes the migrator's grants wait; while
+    // they do, the gate must still be shut. Both migrators.
+    for (migrator, command) in [
+        ("psql", psql_migrator as fn(&TestDatabase) -> Command),
+        ("binary", binary_migrator),
+    ] {
+        let database = TestDatabase::create_empty().await;
+        let all_but_newest = migrations_before(newest_migration());
+        stdout(&psql_migrate(&database, Some(&all_but_newest)));
+        std::fs::remove_dir_all(&all_but_newest).unwrap();
+        let role = format!(
+            "worker_grants_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let admin = database.client().await;
+        admin
+            .batch_execute(&format!(
+                "create role {role} nologin;
+                 alter database {} set reviews.worker_role = '{role}'",
+                database.name
+            ))
+            .await
+            .unwrap();
+
+        let mut blocker = database.client().await;
+        let holding = blocker.transaction().await.unwrap();
+        holding
+            .batch_execute(&format!("grant select on products to {role}"))
+            .await
+            .unwrap();
+        let migrating = command(&database)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: the migrator's grants wait for the open transaction within 10 s.
+        let waiting = async {
+            loop {
+                let waits: i64 = admin
+                    .query_one(
+                        "select count(*) from pg_stat_activity
+                         where datname = current_database() and wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if waits > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{migrator}: the migrator never waited for the grant"));
+        let db = database.db();
+        let state = || async { schema_state(&db.conn().await.unwrap()).await.unwrap() };
+        assert!(
+            matches!(state().await, SchemaState::Behind { .. }),
+            "{migrator}: the gate opened while the migrator was still granting"
+        );
+
+        holding.rollback().await.unwrap();
+        stdout(&migrating.wait_with_output().unwrap());
+        assert_eq!(state().await, SchemaState::Current, "{migrator}");
+        let granted: bool = admin
+            .query_one(
+                &format!("select has_table_privilege('{role}', 'outbox_pending', 'update')"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(granted, "{migrator}: the worker's role has its grants");
+        drop((db, blocker));
+        admin
+            .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+            .await
+            .unwrap();
+    }
 }
