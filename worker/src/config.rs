@@ -104,9 +104,9 @@ pub struct Tuning {
     /// How long the relay waits before its next look, under load: after a round of looks
     /// that found events while the events it relays come faster than RELAY_LINGER_ABOVE, so
     /// that the next batch gathers more. Trades up to this much latency under load for far
-    /// less Postgres CPU per event (docs/PERFORMANCE.md, run M). `0ms` never lingers.
+    /// less Postgres CPU per event (docs/PERFORMANCE.md, runs M and Q). `0ms` never lingers.
     #[arg(long = "relay-linger", env = "RELAY_LINGER", value_name = "RELAY_LINGER",
-          default_value = "8ms", value_parser = parse_duration)]
+          default_value = "16ms", value_parser = parse_duration)]
     pub relay_linger: Duration,
     /// The rate (events per second that this worker's relay relays, measured over 20 ms or
     /// more) above which the relay lingers; lingering, it stops below three quarters of it.
@@ -179,7 +179,7 @@ impl Default for Tuning {
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             relay_batch_size: 500,
-            relay_linger: Duration::from_millis(8),
+            relay_linger: Duration::from_millis(16),
             relay_linger_above: 2_000,
             rating_recompute_interval: Duration::ZERO,
             lease: Duration::from_secs(30),
@@ -302,9 +302,9 @@ mod tests {
     }
 
     #[test]
-    fn the_relay_lingers_8ms_above_2000_events_a_second_by_default_and_bad_settings_are_refused() {
+    fn the_relay_lingers_16ms_above_2000_events_a_second_by_default_and_bad_settings_are_refused() {
         let tuning = parse(&[]).unwrap().run.tuning;
-        assert_eq!(tuning.relay_linger, Duration::from_millis(8));
+        assert_eq!(tuning.relay_linger, Duration::from_millis(16));
         assert_eq!(tuning.relay_linger_above, 2_000);
         let default = Tuning::default();
         assert_eq!(
