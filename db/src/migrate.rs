@@ -135,7 +135,8 @@ pub struct MigrateReport {
     pub already_applied: usize,
 }
 
-/// Applies every pending migration, each in its own transaction with its ledger row.
+/// Applies every pending migration, each in its own transaction with its ledger row and the
+/// app roles' grants.
 pub async fn run_migrations(client: &mut Client) -> Result<MigrateReport, MigrateError> {
     client
         .execute("select pg_advisory_lock($1)", &[&locks::MIGRATIONS])
@@ -179,7 +180,7 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
         // Granted in the migration's own transaction: the ledger row opens the new binaries'
         // gate (db/migrations/0024), and they must find their privileges on the new objects
         // the moment it does, not after the rest of the run.
-        grant_app_privileges(&tx).await?;
+        grant_app_privileges(&tx).await.map_err(failed)?;
         tx.execute(
             "insert into schema_migrations (version, name, checksum, applied_by)
              values ($1, $2, $3, 'reviews-api')",
@@ -198,7 +199,10 @@ async fn apply_pending(client: &mut Client) -> Result<MigrateReport, MigrateErro
 /// Grants the app roles (scripts/db-roles) what their processes do on the schema as it now
 /// is (see db/migrations/0015), so a migration's new table is theirs to use at once, however
 /// they were created before. A schema from before 0015 has nothing to grant yet.
-async fn grant_app_privileges(client: &impl GenericClient) -> Result<(), MigrateError> {
+///
+/// A migration that drops or renames an object the function names must redefine the function
+/// in the same file: it runs in that migration's transaction.
+async fn grant_app_privileges(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     let exists: bool = client
         .query_one("select to_regproc('grant_app_privileges') is not null", &[])
         .await?

@@ -280,14 +280,15 @@ async fn the_newest_migrations_ledger_row_commits_with_the_app_roles_grants() {
         ("psql", psql_migrator as fn(&TestDatabase) -> Command),
         ("binary", binary_migrator),
     ] {
+        let role = ServerRole(format!(
+            "worker_grants_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let role = &role.0;
         let database = TestDatabase::create_empty().await;
         let all_but_newest = migrations_before(newest_migration());
         stdout(&psql_migrate(&database, Some(&all_but_newest)));
         std::fs::remove_dir_all(&all_but_newest).unwrap();
-        let role = format!(
-            "worker_grants_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
         let admin = database.client().await;
         admin
             .batch_execute(&format!(
@@ -315,7 +316,8 @@ async fn the_newest_migrations_ledger_row_commits_with_the_app_roles_grants() {
                 let waits: i64 = admin
                     .query_one(
                         "select count(*) from pg_stat_activity
-                         where datname = current_database() and wait_event_type = 'Lock'",
+                         where datname = current_database() and wait_event_type = 'Lock'
+                           and query = 'select grant_app_privileges()'",
                         &[],
                     )
                     .await
@@ -350,9 +352,34 @@ async fn the_newest_migrations_ledger_row_commits_with_the_app_roles_grants() {
             .get(0);
         assert!(granted, "{migrator}: the worker's role has its grants");
         drop((db, blocker));
-        admin
-            .batch_execute(&format!("drop owned by {role}; drop role {role}"))
-            .await
-            .unwrap();
+    }
+}
+
+/// A role of the test server's, dropped with this value (even after a failed assertion:
+/// roles outlive the test's database). Declared before the database, it drops after it, so
+/// the role holds no privilege anywhere by then.
+struct ServerRole(String);
+
+impl Drop for ServerRole {
+    fn drop(&mut self) {
+        let role = self.0.clone();
+        // Outside async context (or in a runtime shutting down): a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (client, connection) = reviews_db::testing::server_config("postgres")
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .expect("connecting to drop a test role");
+                tokio::spawn(connection);
+                let _ = client
+                    .batch_execute(&format!("drop role if exists {role}"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
