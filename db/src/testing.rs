@@ -144,23 +144,28 @@ async fn ensure_template(admin: &Client, template: &str) {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context (or inside a runtime that is shutting down), so the
-        // cleanup gets a small runtime of its own on another thread.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let admin = connect(&server_config("postgres")).await;
-                let _ = admin
-                    .batch_execute(&format!("drop database if exists {name} with (force)"))
-                    .await;
-            });
-        });
-        let _ = cleanup.join();
+        clean_up_on_server(format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ));
     }
+}
+
+/// Runs `sql` on the test server's `postgres` database and waits for it, ignoring its
+/// outcome: for cleanups in `Drop`, which runs outside async context (or inside a runtime
+/// that is shutting down), so the statement gets a small runtime of its own on another thread.
+pub fn clean_up_on_server(sql: String) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let admin = connect(&server_config("postgres")).await;
+            let _ = admin.batch_execute(&sql).await;
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// A `postgres://` URL for `config`, for tools that take one (psql, the ops scripts).

@@ -362,24 +362,6 @@ struct ServerRole(String);
 
 impl Drop for ServerRole {
     fn drop(&mut self) {
-        let role = self.0.clone();
-        // Outside async context (or in a runtime shutting down): a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (client, connection) = reviews_db::testing::server_config("postgres")
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .expect("connecting to drop a test role");
-                tokio::spawn(connection);
-                let _ = client
-                    .batch_execute(&format!("drop role if exists {role}"))
-                    .await;
-            });
-        });
-        let _ = cleanup.join();
+        reviews_db::testing::clean_up_on_server(format!("drop role if exists {}", self.0));
     }
 }
