@@ -176,6 +176,7 @@ $_$;
 CREATE FUNCTION public.hand_back_job(p_job_id bigint, p_attempt integer) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 begin
     perform 1 from jobs
@@ -211,6 +212,7 @@ CREATE FUNCTION public.lock_key_relay_asleep() RETURNS bigint
 CREATE FUNCTION public.merge_into_waiting_twin(p_job_id bigint, p_status text, p_how text) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 declare
     v_twin bigint;

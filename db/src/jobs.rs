@@ -73,10 +73,11 @@ fn by_id_in(lock: &str, wanted: &str) -> String {
     )
 }
 
-/// How long a connection keeps its plans of the batched job statements ([`start_jobs`],
-/// [`complete_jobs`]) and of the notify statement
-/// ([`crate::notifications::notify_product_owners`]). The worker's pool plans generically (`PlanCache::Generic`) and keeps
-/// its prepared statements: a plan made while `jobs` was a page finds `id = any(...)` by
+/// How long a connection keeps its plans of the job statements the worker runs often or in
+/// bulk ([`start_jobs`], [`complete_jobs`], [`schedule_retry`], [`job_state`],
+/// [`still_pending`]) and of the notify statement
+/// ([`crate::notifications::notify_product_owners`]). The worker's pool plans generically
+/// (`PlanCache::Generic`) and keeps its prepared statements: a plan made while `jobs` was a page finds `id = any(...)` by
 /// reading the whole table, and the connection would keep it as the table grows, until the
 /// table is next analyzed (never, with autovacuum off). Planning again once a second bounds
 /// that, as the relay's statements do (`outbox::RELAY_PLAN_MAX_AGE`); a plan costs a
@@ -159,8 +160,14 @@ pub async fn job_state<C: AsClient>(
                 greatest(0, (extract(epoch from run_at - now()) * 1000)::bigint) as in_ms
          from jobs where id = $1"
     );
-    let row = db.query_opt(&sql, &[&id, &fallback_max_attempts]).await?;
-    let Some(row) = row else {
+    let rows = db
+        .query_typed_replanned(
+            &sql,
+            &[(&id, Type::INT8), (&fallback_max_attempts, Type::INT4)],
+            JOB_PLAN_MAX_AGE,
+        )
+        .await?;
+    let Some(row) = rows.first() else {
         return Ok(JobState::Finished);
     };
     let status: &str = row.get("status");
@@ -250,7 +257,7 @@ pub async fn schedule_retry<C: AsClient>(
         commit_as(5)
     );
     let changed = db
-        .execute_typed(
+        .execute_typed_replanned(
             &sql,
             &[
                 (&attempt.job_id, Type::INT8),
@@ -259,6 +266,7 @@ pub async fn schedule_retry<C: AsClient>(
                 (&error, Type::TEXT),
                 (&db.commit_setting(), Type::TEXT),
             ],
+            JOB_PLAN_MAX_AGE,
         )
         .await?;
     Ok(changed == 1)
@@ -321,7 +329,9 @@ pub async fn still_pending<C: AsClient>(db: &Sql<C>, ids: &[i64]) -> Result<Vec<
         return Ok(Vec::new());
     }
     let sql = format!("select j.id from {} where j.status = 'pending'", by_id(""));
-    let rows = db.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).await?;
+    let rows = db
+        .query_typed_replanned(&sql, &[(&ids, Type::INT8_ARRAY)], JOB_PLAN_MAX_AGE)
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -195,10 +195,15 @@ impl<C: AsClient> Sql<C> {
     }
 
     /// Runs a statement and returns how many rows it changed.
-    async fn changes(&self, sql: &str, params: Parameters<'_>) -> Result<u64, StoreError> {
+    async fn changes(
+        &self,
+        sql: &str,
+        params: Parameters<'_>,
+        max_age: Option<Duration>,
+    ) -> Result<u64, StoreError> {
         self.count();
         let client = self.client.as_client();
-        let result = match (self.prepared(sql, &params.types(), None).await?, params) {
+        let result = match (self.prepared(sql, &params.types(), max_age).await?, params) {
             (Some(statement), params) => client.execute(&statement, &params.values()).await,
             (None, Parameters::Typed(typed)) => client.execute_typed(sql, typed).await,
             (None, Parameters::Untyped(values)) => match unnamed(values) {
@@ -226,7 +231,7 @@ impl<C: AsClient> Sql<C> {
     }
 
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        self.changes(sql, Parameters::Untyped(params)).await
+        self.changes(sql, Parameters::Untyped(params), None).await
     }
 
     /// [`Sql::query`] with the parameter types spelled out (see [`TypedParams`]).
@@ -288,7 +293,19 @@ impl<C: AsClient> Sql<C> {
         sql: &str,
         params: TypedParams<'_>,
     ) -> Result<u64, StoreError> {
-        self.changes(sql, Parameters::Typed(params)).await
+        self.changes(sql, Parameters::Typed(params), None).await
+    }
+
+    /// [`Sql::execute_typed`] through a prepared statement made again once it is older than
+    /// `max_age` (see [`Sql::query_typed_one_replanned`]).
+    pub async fn execute_typed_replanned(
+        &self,
+        sql: &str,
+        params: TypedParams<'_>,
+        max_age: Duration,
+    ) -> Result<u64, StoreError> {
+        self.changes(sql, Parameters::Typed(params), Some(max_age))
+            .await
     }
 
     /// Runs `sql`, which may hold several statements, in one round trip (the simple query

@@ -439,6 +439,10 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
     let ids: Vec<i64> = p
         .column("insert into jobs (kind) values ('notify_owner'), ('notify_owner') returning id")
         .await;
+    // Analyzed while it is a page, as autovacuum leaves a new database's table (and not again
+    // during the test: a new analysis would replace the plans).
+    p.sql("alter table jobs set (autovacuum_enabled = false); analyze jobs")
+        .await;
     let conn = worker_pool(&p).conn().await.unwrap();
     // Prepared (and planned generically) while the table is a page.
     let started = reviews_db::jobs::start_jobs(&conn, &ids[..1], 10)
@@ -455,6 +459,7 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
             .unwrap(),
         [ids[0]]
     );
+    the_single_job_statements(&conn, ids[1]).await;
     p.sql(
         "insert into jobs (kind, status, attempts)
          select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
@@ -468,7 +473,12 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
             "update jobs set status = ' || '''done''%",
             "('{1}', '{1}', null)",
         ),
+        // still_pending, job_state, schedule_retry
+        ("%j.status = ' || '''pending''", "('{1}')"),
+        ("%as max_' || 'attempts%", "(1, 3)"),
+        ("%set run_' || 'at = now()%", "(1, 1, 10, 'e', null)"),
     ];
+
     let plans = |conn| async move {
         let mut plans = Vec::new();
         for (text, arguments) in statements {
@@ -503,11 +513,26 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
     reviews_db::jobs::complete_jobs(&conn, &[attempt])
         .await
         .unwrap();
+    the_single_job_statements(&conn, ids[1]).await;
     let fresh = plans(&conn).await;
     for ((old_name, _), (name, plan)) in stale.iter().zip(&fresh) {
         assert_ne!(old_name, name, "prepared again");
         assert!(!reads_whole(plan, "jobs"), "{plan}");
     }
+}
+
+/// Runs the job statements that look one job (or a few) up: the reconciler's
+/// `still_pending`, the completer's `job_state` and `schedule_retry`.
+async fn the_single_job_statements(conn: &reviews_db::Sql<impl AsClient>, id: i64) {
+    reviews_db::jobs::still_pending(conn, &[id]).await.unwrap();
+    reviews_db::jobs::job_state(conn, id, 3).await.unwrap();
+    let attempt = reviews_db::jobs::Attempt {
+        job_id: id,
+        attempt: 1,
+    };
+    reviews_db::jobs::schedule_retry(conn, attempt, 10, "a test")
+        .await
+        .unwrap();
 }
 
 async fn conn_query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
@@ -652,4 +677,54 @@ async fn the_notify_statement_is_planned_again_once_its_plan_made_for_tiny_table
     assert_ne!(again, kept, "prepared again");
     assert!(!reads_whole(&fresh, "outbox"), "{fresh}");
     assert!(!reads_whole(&fresh, "products"), "{fresh}");
+}
+
+#[tokio::test]
+async fn a_hand_back_planned_while_jobs_was_tiny_still_finds_jobs_by_key() {
+    let p = TestPipeline::new().await;
+    let mut client = p.client().await;
+    let started_job = "insert into jobs (kind, attempts) values ('notify_owner', 1) returning id";
+    // The worker's sessions plan with plan_cache_mode = force_generic_plan, so the
+    // connection keeps a generic plan of each of hand_back_job's statements (and
+    // merge_into_waiting_twin's), made for the table's size at the first call: here, a page,
+    // analyzed as such (and not again during the test: a new analysis would replace them).
+    client
+        .batch_execute(
+            "alter table jobs set (autovacuum_enabled = false);
+             set plan_cache_mode = force_generic_plan",
+        )
+        .await
+        .unwrap();
+    let first: i64 = client.query_one(started_job, &[]).await.unwrap().get(0);
+    client.batch_execute("analyze jobs").await.unwrap();
+    let hand_back = "select hand_back_job($1, 1)";
+    let given_back: bool = client.query_one(hand_back, &[&first]).await.unwrap().get(0);
+    assert!(given_back);
+    client
+        .batch_execute(
+            "insert into jobs (kind, status, attempts)
+             select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
+        )
+        .await
+        .unwrap();
+    let last: i64 = client.query_one(started_job, &[]).await.unwrap().get(0);
+    // The counts of this connection's transactions not yet sent to the statistics, this
+    // one's included: compared before and after the hand-back.
+    let transaction = client.transaction().await.unwrap();
+    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
+                 where relname = 'jobs'";
+    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
+    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let given_back: bool = transaction
+        .query_one(hand_back, &[&last])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(given_back);
+    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    assert_eq!(
+        after, before,
+        "the hand-back read the jobs table whole (sequential scans, rows read)"
+    );
+    transaction.commit().await.unwrap();
 }
