@@ -2,7 +2,7 @@
 -- them off inside complete_jobs_fenced. Both look jobs up by key (the job, and its waiting
 -- twin through the coalescing index), but a worker's session plans generically and keeps a
 -- function's plans: made while `jobs` was a page, each lookup read the whole table at every
--- later call (four sequential scans, 80,000 rows, for one hand-back among 20,000 jobs) until
+-- later call (four sequential scans, 80,012 rows, for one hand-back among 20,000 jobs) until
 -- the table was next analyzed. A deferred job (a webhook to a busy endpoint, every 500 ms),
 -- a relay's refused hand-off, a shutdown and an operator's replay all run them.
 -- Binaries of any version run beside it.
