@@ -416,15 +416,10 @@ async fn a_fenced_completion_planned_while_jobs_was_tiny_still_finds_jobs_by_key
         )
         .await
         .unwrap();
-    // The counts of this connection's transactions not yet sent to the statistics, this
-    // one's included: compared before and after the completion.
     let transaction = client.transaction().await.unwrap();
-    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
-                 where relname = 'jobs'";
-    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
-    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let before = sequential_reads(&transaction, "jobs").await;
     transaction.execute(complete_one, &[]).await.unwrap();
-    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let after = sequential_reads(&transaction, "jobs").await;
     assert_eq!(
         after, before,
         "the completion read the jobs table whole (sequential scans, rows read)"
@@ -535,6 +530,23 @@ async fn the_single_job_statements(conn: &reviews_db::Sql<impl AsClient>, id: i6
         .unwrap();
 }
 
+/// The sequential scans of `table` and the rows they read, counted over this connection's
+/// transactions not yet sent to the statistics, the current one's included: compared before
+/// and after a statement.
+async fn sequential_reads(
+    transaction: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> (i64, i64) {
+    let row = transaction
+        .query_one(
+            "select seq_scan, seq_tup_read from pg_stat_xact_user_tables where relname = $1",
+            &[&table],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 async fn conn_query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     conn: &reviews_db::Sql<impl AsClient>,
     sql: &str,
@@ -582,15 +594,10 @@ async fn a_rating_batch_planned_while_products_was_tiny_still_finds_products_by_
         .unwrap();
     // A product at the end of the table: a sequential scan that looks for it reads it all.
     let last = p.create_product("owner").await;
-    // The counts of this connection's transactions not yet sent to the statistics, this
-    // one's included: compared before and after the batch.
     let transaction = client.transaction().await.unwrap();
-    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
-                 where relname = 'products'";
-    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
-    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let before = sequential_reads(&transaction, "products").await;
     transaction.batch_execute(&apply_one(last)).await.unwrap();
-    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let after = sequential_reads(&transaction, "products").await;
     assert_eq!(
         after, before,
         "the rating batch read the products table whole (sequential scans, rows read)"
@@ -708,20 +715,15 @@ async fn a_hand_back_planned_while_jobs_was_tiny_still_finds_jobs_by_key() {
         .await
         .unwrap();
     let last: i64 = client.query_one(started_job, &[]).await.unwrap().get(0);
-    // The counts of this connection's transactions not yet sent to the statistics, this
-    // one's included: compared before and after the hand-back.
     let transaction = client.transaction().await.unwrap();
-    let reads = "select seq_scan, seq_tup_read from pg_stat_xact_user_tables
-                 where relname = 'jobs'";
-    let counts = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
-    let before = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let before = sequential_reads(&transaction, "jobs").await;
     let given_back: bool = transaction
         .query_one(hand_back, &[&last])
         .await
         .unwrap()
         .get(0);
     assert!(given_back);
-    let after = counts(transaction.query_one(reads, &[]).await.unwrap());
+    let after = sequential_reads(&transaction, "jobs").await;
     assert_eq!(
         after, before,
         "the hand-back read the jobs table whole (sequential scans, rows read)"
