@@ -409,13 +409,7 @@ async fn a_fenced_completion_planned_while_jobs_was_tiny_still_finds_jobs_by_key
         .await
         .unwrap();
     client.execute(complete_one, &[]).await.unwrap();
-    client
-        .batch_execute(
-            "insert into jobs (kind, status, attempts)
-             select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(GROWN_JOBS).await.unwrap();
     let transaction = client.transaction().await.unwrap();
     let before = sequential_reads(&transaction, "jobs").await;
     transaction.execute(complete_one, &[]).await.unwrap();
@@ -455,11 +449,7 @@ async fn the_batched_job_statements_are_planned_again_once_their_plan_made_for_a
         [ids[0]]
     );
     the_single_job_statements(&conn, ids[1]).await;
-    p.sql(
-        "insert into jobs (kind, status, attempts)
-         select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
-    )
-    .await;
+    p.sql(GROWN_JOBS).await;
     // Each statement by a fragment of its text, split so that this query's own text
     // (prepared too) does not match; with the arguments of an explain.
     let statements = [
@@ -529,6 +519,10 @@ async fn the_single_job_statements(conn: &reviews_db::Sql<impl AsClient>, id: i6
         .await
         .unwrap();
 }
+
+/// 20,000 finished jobs: the table grown past what a plan made while it was a page expects.
+const GROWN_JOBS: &str = "insert into jobs (kind, status, attempts)
+                          select 'notify_owner', 'done', 1 from generate_series(1, 20000)";
 
 /// The sequential scans of `table` and the rows they read, counted over this connection's
 /// transactions not yet sent to the statistics, the current one's included: compared before
@@ -707,13 +701,7 @@ async fn a_hand_back_planned_while_jobs_was_tiny_still_finds_jobs_by_key() {
     let hand_back = "select hand_back_job($1, 1)";
     let given_back: bool = client.query_one(hand_back, &[&first]).await.unwrap().get(0);
     assert!(given_back);
-    client
-        .batch_execute(
-            "insert into jobs (kind, status, attempts)
-             select 'notify_owner', 'done', 1 from generate_series(1, 20000)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(GROWN_JOBS).await.unwrap();
     let last: i64 = client.query_one(started_job, &[]).await.unwrap().get(0);
     let transaction = client.transaction().await.unwrap();
     let before = sequential_reads(&transaction, "jobs").await;
