@@ -79,9 +79,10 @@ fn by_id_in(lock: &str, wanted: &str) -> String {
 /// ([`crate::notifications::notify_product_owners`]). The worker's pool plans generically
 /// (`PlanCache::Generic`) and keeps its prepared statements: a plan made while `jobs` was a
 /// page finds `id = any(...)` by reading the whole table, and the connection would keep it
-/// as the table grows, until the table is next analyzed (never, with autovacuum off). Planning again once a second bounds
-/// that, as the relay's statements do (`outbox::RELAY_PLAN_MAX_AGE`); a plan costs a
-/// fraction of a millisecond (the notify statement's about 1 ms).
+/// as the table grows, until the table is next analyzed (never, with autovacuum off).
+/// Planning again once a second bounds that, as the relay's statements do
+/// (`outbox::RELAY_PLAN_MAX_AGE`); a plan costs a fraction of a millisecond (the notify
+/// statement's about 1 ms).
 pub const JOB_PLAN_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The statement of [`start_jobs`] (public so that a test can check its plan).

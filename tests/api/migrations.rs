@@ -280,11 +280,11 @@ async fn the_newest_migrations_ledger_row_commits_with_the_app_roles_grants() {
         ("psql", psql_migrator as fn(&TestDatabase) -> Command),
         ("binary", binary_migrator),
     ] {
-        let role = ServerRole(format!(
+        let dropped_last = ServerRole(format!(
             "worker_grants_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
-        let role = &role.0;
+        let role = &dropped_last.0;
         let database = TestDatabase::create_empty().await;
         let all_but_newest = migrations_before(newest_migration());
         stdout(&psql_migrate(&database, Some(&all_but_newest)));
